@@ -1,0 +1,372 @@
+//! The library's entry point: [`Cluster`] and its [`Builder`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::cookie::{Cookie, CookieError};
+use crate::events::{Bus, Snapshot, Subscription};
+use crate::membership::{self, Stats};
+use crate::node::{NameError, Node, NodeName};
+use crate::strategies::{Context, Strategy, TopologyStatus};
+
+/// Why a cluster could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No node name was given.
+    #[error("no node name given (expected basename@host, e.g. app@10.0.0.5)")]
+    MissingName,
+    /// The node name is invalid.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// The cookie could not be loaded or created.
+    #[error(transparent)]
+    Cookie(#[from] CookieError),
+    /// The membership configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] membership::ConfigError),
+    /// Two topologies have the same name.
+    #[error("topology {0:?} is configured twice")]
+    DuplicateTopology(String),
+    /// The cluster port could not be bound.
+    #[error("cannot listen on cluster address {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No address to advertise could be found (the cluster address is a wildcard, the
+    /// name's host is not an IP, and no interface has a non-loopback address).
+    #[error("cannot tell which address to advertise to peers: set advertise_addr")]
+    NoAdvertiseAddr,
+}
+
+/// Options of one topology, besides its strategy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TopologyOptions {
+    /// Whether the topology prunes (see [`Strategy::authoritative`]); `None` takes the
+    /// strategy's default.
+    pub authoritative: Option<bool>,
+    /// How long a peer may be absent from every authoritative set before it is pruned.
+    /// Default 30 s.
+    pub prune_after: Duration,
+}
+
+impl Default for TopologyOptions {
+    fn default() -> Self {
+        TopologyOptions {
+            authoritative: None,
+            prune_after: Duration::from_secs(30),
+        }
+    }
+}
+
+type Launch = Box<dyn FnOnce(Context) -> JoinHandle<()> + Send>;
+
+struct TopologySpec {
+    name: String,
+    kind: &'static str,
+    authoritative: bool,
+    prune_after: Duration,
+    launch: Launch,
+}
+
+/// Builds and starts a [`Cluster`].
+pub struct Builder {
+    name: Option<String>,
+    cluster_addr: SocketAddr,
+    advertise_addr: Option<SocketAddr>,
+    cookie: Option<Cookie>,
+    incarnation: Option<u64>,
+    membership: membership::Config,
+    event_capacity: usize,
+    topologies: Vec<TopologySpec>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            name: None,
+            cluster_addr: SocketAddr::from(([0, 0, 0, 0], crate::DEFAULT_CLUSTER_PORT)),
+            advertise_addr: None,
+            cookie: None,
+            incarnation: None,
+            membership: membership::Config::default(),
+            event_capacity: 1024,
+            topologies: Vec::new(),
+        }
+    }
+}
+
+impl Builder {
+    /// This node's name, `basename@host`. Required.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The address the cluster listener binds. Default `0.0.0.0:45893`. Port 0 picks a
+    /// free port (then advertised as bound).
+    pub fn cluster_addr(mut self, addr: SocketAddr) -> Self {
+        self.cluster_addr = addr;
+        self
+    }
+
+    /// The address peers dial to reach this node. Default: the cluster address when it
+    /// is not a wildcard; else the name's host when it is an IP; else the first
+    /// non-loopback interface address; with the bound port.
+    pub fn advertise_addr(mut self, addr: SocketAddr) -> Self {
+        self.advertise_addr = Some(addr);
+        self
+    }
+
+    /// The cluster's shared secret. Default: the user's default cookie
+    /// ([`Cookie::load_or_create_default`]).
+    pub fn cookie(mut self, cookie: impl AsRef<[u8]>) -> Self {
+        self.cookie = Some(Cookie::new(cookie));
+        self
+    }
+
+    /// Sets the incarnation instead of a random one (for tests and simulations; two live
+    /// instances must never share one).
+    pub fn incarnation(mut self, incarnation: u64) -> Self {
+        self.incarnation = Some(incarnation);
+        self
+    }
+
+    /// Timing and limits of the membership protocol.
+    pub fn membership(mut self, config: membership::Config) -> Self {
+        self.membership = config;
+        self
+    }
+
+    /// How many events a subscriber may fall behind before it is resynchronised with a
+    /// snapshot. Default 1024.
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity.max(1);
+        self
+    }
+
+    /// Adds a topology: a named strategy, with default options.
+    pub fn topology<S: Strategy>(self, name: impl Into<String>, strategy: S) -> Self {
+        self.topology_with(name, strategy, TopologyOptions::default())
+    }
+
+    /// Adds a topology with options.
+    pub fn topology_with<S: Strategy>(
+        mut self,
+        name: impl Into<String>,
+        strategy: S,
+        options: TopologyOptions,
+    ) -> Self {
+        let kind = strategy.kind();
+        let authoritative = options.authoritative.unwrap_or(strategy.authoritative());
+        self.topologies.push(TopologySpec {
+            name: name.into(),
+            kind,
+            authoritative,
+            prune_after: options.prune_after,
+            launch: Box::new(move |ctx| tokio::spawn(strategy.run(ctx))),
+        });
+        self
+    }
+
+    /// Binds the cluster port, starts the strategies and the membership. Must be called
+    /// inside a tokio runtime.
+    pub async fn start(self) -> Result<Cluster, Error> {
+        let name: NodeName = self.name.as_deref().ok_or(Error::MissingName)?.parse()?;
+        self.membership.validate()?;
+        let mut seen = std::collections::HashSet::new();
+        for t in &self.topologies {
+            if !seen.insert(t.name.clone()) {
+                return Err(Error::DuplicateTopology(t.name.clone()));
+            }
+        }
+        let cookie = match self.cookie {
+            Some(c) => c,
+            None => Cookie::load_or_create_default()?,
+        };
+        let listener = tokio::net::TcpListener::bind(self.cluster_addr)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: self.cluster_addr,
+                source,
+            })?;
+        let bound = listener.local_addr().map_err(|source| Error::Bind {
+            addr: self.cluster_addr,
+            source,
+        })?;
+        let addr = match self.advertise_addr {
+            Some(a) => a,
+            None => SocketAddr::new(
+                default_advertise_ip(bound.ip(), &name).ok_or(Error::NoAdvertiseAddr)?,
+                bound.port(),
+            ),
+        };
+        let incarnation = self.incarnation.unwrap_or_else(rand::random);
+        let local = Node {
+            name,
+            addr,
+            incarnation,
+        };
+        let bus = Arc::new(Bus::new(local.clone(), self.event_capacity));
+        let (stats_tx, stats_rx) = watch::channel(Stats::default());
+        let mut topologies = Vec::new();
+        let mut statuses = Vec::new();
+        let mut strategy_tasks = Vec::new();
+        for spec in self.topologies {
+            let (ctx, handle) = Context::new(&spec.name, spec.kind, local.clone(), cookie.clone());
+            strategy_tasks.push((handle.shutdown.clone(), (spec.launch)(ctx)));
+            statuses.push((spec.name.clone(), handle.status.clone()));
+            topologies.push(membership::driver::Topology {
+                name: spec.name,
+                authoritative: spec.authoritative,
+                prune_after: spec.prune_after,
+                status: handle.status,
+            });
+        }
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let task = tokio::spawn(membership::driver::run(membership::driver::Params {
+            local: local.clone(),
+            cookie,
+            config: self.membership,
+            listener,
+            topologies,
+            bus: bus.clone(),
+            commands: cmd_rx,
+            stats: stats_tx,
+        }));
+        tracing::info!(node = %local, "cluster node started");
+        Ok(Cluster {
+            local,
+            bus,
+            commands: cmd_tx,
+            stats: stats_rx,
+            topologies: statuses,
+            task: tokio::sync::Mutex::new(Some(task)),
+            strategy_tasks: std::sync::Mutex::new(strategy_tasks),
+        })
+    }
+}
+
+/// Picks the IP to advertise when none is configured.
+fn default_advertise_ip(bound: IpAddr, name: &NodeName) -> Option<IpAddr> {
+    if !bound.is_unspecified() {
+        return Some(bound);
+    }
+    if let Ok(ip) = name.host().parse::<IpAddr>() {
+        return Some(ip);
+    }
+    crate::netutil::first_non_loopback_ip()
+}
+
+/// Commands to the membership task.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Announce leave to every peer, close the connections, and stop.
+    Shutdown(tokio::sync::oneshot::Sender<()>),
+}
+
+/// A running cluster node. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct Cluster {
+    local: Node,
+    bus: Arc<Bus>,
+    commands: mpsc::Sender<Command>,
+    stats: watch::Receiver<Stats>,
+    topologies: Vec<(String, watch::Receiver<TopologyStatus>)>,
+    task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    strategy_tasks: std::sync::Mutex<Vec<(tokio_util::sync::CancellationToken, JoinHandle<()>)>>,
+}
+
+impl Cluster {
+    /// Starts building a cluster node.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// This node.
+    pub fn local(&self) -> &Node {
+        &self.local
+    }
+
+    /// The peers that are up now, sorted by name, this node excluded (like Erlang's
+    /// `Node.list`).
+    pub fn members(&self) -> Vec<Node> {
+        self.bus.watch().borrow().nodes()
+    }
+
+    /// The current snapshot: members with their `up_since`, and the event sequence number.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.bus.watch().borrow().clone()
+    }
+
+    /// A `watch` of the snapshot: changes after every event.
+    pub fn watch(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.bus.watch()
+    }
+
+    /// A subscription to membership events, starting from an atomic snapshot.
+    pub fn subscribe(&self) -> Subscription {
+        self.bus.subscribe()
+    }
+
+    /// Each topology's name and what its strategy reports.
+    pub fn topologies(&self) -> Vec<(String, TopologyStatus)> {
+        self.topologies
+            .iter()
+            .map(|(n, rx)| (n.clone(), rx.borrow().clone()))
+            .collect()
+    }
+
+    /// The membership's counters.
+    pub fn stats(&self) -> Stats {
+        self.stats.borrow().clone()
+    }
+
+    /// Leaves the cluster: stops the strategies, tells every peer that this node is
+    /// leaving (they see `NodeDown` with reason `left` at once), closes the connections
+    /// and waits for the membership task to end. Idempotent.
+    pub async fn shutdown(&self) {
+        let strategies = std::mem::take(
+            &mut *self
+                .strategy_tasks
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for (token, _) in &strategies {
+            token.cancel();
+        }
+        let mut task = self.task.lock().await;
+        if let Some(handle) = task.take() {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if self.commands.send(Command::Shutdown(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+            let _ = handle.await;
+        }
+        for (_, handle) in strategies {
+            let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Ok(mut tasks) = self.strategy_tasks.lock() {
+            for (token, handle) in tasks.drain(..) {
+                token.cancel();
+                handle.abort();
+            }
+        }
+        if let Ok(mut task) = self.task.try_lock()
+            && let Some(handle) = task.take()
+        {
+            handle.abort();
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The cluster's shared secret (the cookie).
+
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rand::RngCore;
+
+/// The shared secret that every member of a cluster knows. Peers prove knowledge of it
+/// by HMAC challenge/response; it never crosses the wire. Its `Debug` output is
+/// redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Cookie(Arc<[u8]>);
+
+/// Why a cookie could not be loaded or created.
+#[derive(Debug, thiserror::Error)]
+pub enum CookieError {
+    /// The cookie is empty (after trimming white space from a file's contents).
+    #[error("the cookie in {path} is empty")]
+    Empty {
+        /// Where the cookie was read from.
+        path: PathBuf,
+    },
+    /// Reading or creating the cookie file failed.
+    #[error("cannot read or create the cookie file {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The user has no config directory to keep a default cookie in.
+    #[error("no config directory to keep the default cookie in (set a cookie explicitly)")]
+    NoConfigDir,
+}
+
+impl Cookie {
+    /// A cookie from the given bytes.
+    pub fn new(secret: impl AsRef<[u8]>) -> Self {
+        Cookie(Arc::from(secret.as_ref()))
+    }
+
+    /// The secret bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Reads a cookie from a file: its contents with surrounding white space trimmed.
+    pub fn from_file(path: &Path) -> Result<Self, CookieError> {
+        let raw = std::fs::read(path).map_err(|source| CookieError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let trimmed = raw.trim_ascii();
+        if trimmed.is_empty() {
+            return Err(CookieError::Empty {
+                path: path.to_owned(),
+            });
+        }
+        Ok(Cookie::new(trimmed))
+    }
+
+    /// Where the default cookie lives: `<config dir>/rallypoint/cookie`
+    /// (`~/.config/rallypoint/cookie` on Linux).
+    pub fn default_path() -> Option<PathBuf> {
+        dirs::config_dir().map(|d| d.join("rallypoint").join("cookie"))
+    }
+
+    /// The default cookie of this user, created once (32 random bytes, hex, mode 0600)
+    /// at [`Cookie::default_path`]. Nodes of one user on one host thus cluster with no
+    /// set-up, and nothing else gets in.
+    pub fn load_or_create_default() -> Result<Self, CookieError> {
+        let path = Self::default_path().ok_or(CookieError::NoConfigDir)?;
+        Self::load_or_create(&path)
+    }
+
+    /// Like [`Cookie::load_or_create_default`], at a given path.
+    pub fn load_or_create(path: &Path) -> Result<Self, CookieError> {
+        match Self::from_file(path) {
+            Ok(c) => return Ok(c),
+            Err(CookieError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let io = |source| CookieError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        let text = hex::encode(bytes);
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        match opts.open(path) {
+            Ok(mut f) => {
+                f.write_all(text.as_bytes()).map_err(io)?;
+                f.sync_all().map_err(io)?;
+                Ok(Cookie::new(text))
+            }
+            // Another process created it first: use theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::from_file(path),
+            Err(e) => Err(io(e)),
+        }
+    }
+}
+
+impl fmt::Debug for Cookie {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Cookie(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_cookie_is_created_once_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("cookie");
+        let a = Cookie::load_or_create(&path).unwrap();
+        let b = Cookie::load_or_create(&path).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.as_bytes().len(), 64);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert_eq!(format!("{a:?}"), "Cookie(<redacted>)");
+    }
+
+    #[test]
+    fn empty_cookie_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cookie");
+        std::fs::write(&path, "  \n").unwrap();
+        assert!(matches!(
+            Cookie::from_file(&path),
+            Err(CookieError::Empty { .. })
+        ));
+    }
+}

@@ -1,0 +1,1 @@
+//! dns strategy (being written).

@@ -1,0 +1,1 @@
+//! gossip strategy (being written).

@@ -1,0 +1,1 @@
+//! kubernetes strategy (being written).

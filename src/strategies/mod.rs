@@ -1,0 +1,277 @@
+//! Discovery strategies: the [`Strategy`] trait, the [`Context`] a strategy runs in, and
+//! the strategies that ship with rallypoint.
+//!
+//! A strategy only discovers. It reports the full set of peers it currently sees
+//! ([`PeerSet`]) each time that set changes, through [`Context::report`]; it never connects
+//! anything. When discovery fails (an API is down, a query times out) it calls
+//! [`Context::failing`] and keeps its last good set: a failure never empties the set.
+//! The shared code here diffs the sets, logs transitions and counts, so a strategy is
+//! only the code that computes its set.
+//!
+//! Writing your own:
+//!
+//! ```
+//! use rallypoint::strategies::{Context, Peer, PeerSet, Strategy};
+//!
+//! /// Reads `host:port` lines from a file every few seconds.
+//! struct FromFile(std::path::PathBuf);
+//!
+//! impl Strategy for FromFile {
+//!     fn kind(&self) -> &'static str {
+//!         "file"
+//!     }
+//!
+//!     async fn run(self, ctx: Context) {
+//!         loop {
+//!             match std::fs::read_to_string(&self.0) {
+//!                 Ok(text) => {
+//!                     let peers: PeerSet = text
+//!                         .lines()
+//!                         .filter_map(|l| l.trim().parse().ok())
+//!                         .map(Peer::new)
+//!                         .collect();
+//!                     ctx.report(peers);
+//!                 }
+//!                 Err(e) => ctx.failing(&e),
+//!             }
+//!             tokio::select! {
+//!                 _ = ctx.shutdown() => return,
+//!                 _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+//!             }
+//!         }
+//!     }
+//! }
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::cookie::Cookie;
+use crate::node::{Node, NodeName};
+
+pub mod backoff;
+#[cfg(feature = "dns")]
+pub mod dns;
+pub mod gossip;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
+pub mod static_hosts;
+
+/// A candidate peer: the address to dial, and the node's name where the strategy knows it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Peer {
+    /// The peer's cluster address (TCP).
+    pub addr: SocketAddr,
+    /// The peer's node name, when the strategy knows it (gossip, Kubernetes, DNS do).
+    pub name: Option<NodeName>,
+}
+
+impl Peer {
+    /// A peer known only by its address.
+    pub fn new(addr: SocketAddr) -> Self {
+        Peer { addr, name: None }
+    }
+
+    /// A peer known by name and address.
+    pub fn named(name: NodeName, addr: SocketAddr) -> Self {
+        Peer {
+            addr,
+            name: Some(name),
+        }
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.name {
+            Some(n) => write!(f, "{n} ({})", self.addr),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
+/// The full set of candidate peers a strategy currently sees.
+pub type PeerSet = BTreeSet<Peer>;
+
+/// A discovery strategy. It runs as its own task, for as long as the cluster runs, and
+/// reports through its [`Context`].
+///
+/// Implement it with `async fn run(self, ctx: Context)`; the future must be `Send`.
+pub trait Strategy: Send + 'static {
+    /// A short name for the kind of strategy (`"static"`, `"gossip"`, …), shown in logs,
+    /// metrics and the HTTP API.
+    fn kind(&self) -> &'static str;
+
+    /// Whether this strategy's set is authoritative unless configured otherwise: a peer
+    /// that has left every authoritative set is pruned (disconnected and refused) after
+    /// the topology's `prune_after`. Kubernetes and DNS are; static hosts and gossip are
+    /// not.
+    fn authoritative(&self) -> bool {
+        false
+    }
+
+    /// Runs discovery until [`Context::shutdown`] resolves. Reports each new full set
+    /// with [`Context::report`], and failures with [`Context::failing`]. Should not
+    /// return before shutdown; if it does, its last reported set stays in force.
+    fn run(self, ctx: Context) -> impl Future<Output = ()> + Send;
+}
+
+/// What a topology has reported, as the membership, the HTTP API and the metrics see it.
+#[derive(Clone, Debug, Default)]
+pub struct TopologyStatus {
+    /// The strategy's kind (see [`Strategy::kind`]).
+    pub strategy: &'static str,
+    /// The current candidate set (this node excluded).
+    pub peers: Arc<PeerSet>,
+    /// Whether the strategy has reported a set at least once.
+    pub reported: bool,
+    /// The last failure, while the strategy is failing; `None` once it succeeds again.
+    pub last_error: Option<String>,
+    /// When the strategy last reported a set (success).
+    pub last_success: Option<SystemTime>,
+    /// How many failures the strategy reported in all.
+    pub errors_total: u64,
+    /// Strategy-specific counters (for example gossip's packets by result), by name.
+    pub counters: BTreeMap<&'static str, u64>,
+}
+
+/// What a running strategy is handed: who this node is, the cluster secret, the sink for
+/// its peer sets and its health, and the shutdown signal.
+#[derive(Clone)]
+pub struct Context {
+    topology: Arc<str>,
+    local: Node,
+    cookie: Cookie,
+    status: watch::Sender<TopologyStatus>,
+    shutdown: CancellationToken,
+}
+
+/// The other end of a [`Context`]: observes what the strategy reports and stops it.
+/// The cluster holds one per topology; tests of a strategy use it directly.
+pub struct TopologyHandle {
+    /// The strategy's reports.
+    pub status: watch::Receiver<TopologyStatus>,
+    /// Cancel to stop the strategy.
+    pub shutdown: CancellationToken,
+}
+
+impl Context {
+    /// A context for running a strategy named `topology` on behalf of `local`, and the
+    /// handle that observes it. The cluster makes these; tests of a strategy can too.
+    pub fn new(
+        topology: &str,
+        strategy: &'static str,
+        local: Node,
+        cookie: Cookie,
+    ) -> (Context, TopologyHandle) {
+        let (tx, rx) = watch::channel(TopologyStatus {
+            strategy,
+            ..TopologyStatus::default()
+        });
+        let shutdown = CancellationToken::new();
+        (
+            Context {
+                topology: Arc::from(topology),
+                local,
+                cookie,
+                status: tx,
+                shutdown: shutdown.clone(),
+            },
+            TopologyHandle {
+                status: rx,
+                shutdown,
+            },
+        )
+    }
+
+    /// The topology's name (the key in the configuration).
+    pub fn topology(&self) -> &str {
+        &self.topology
+    }
+
+    /// This node: name, advertised cluster address, incarnation.
+    pub fn local(&self) -> &Node {
+        &self.local
+    }
+
+    /// The cluster's cookie (gossip derives its packet key from it by default).
+    pub fn cookie(&self) -> &Cookie {
+        &self.cookie
+    }
+
+    /// Reports the full set of peers the strategy sees now. This node itself (by name or
+    /// address) is left out. Logs what was added and removed when the set changed, and a
+    /// recovery when the strategy had been failing.
+    pub fn report(&self, peers: PeerSet) {
+        let me = &self.local;
+        let peers: PeerSet = peers
+            .into_iter()
+            .filter(|p| p.addr != me.addr && p.name.as_ref() != Some(&me.name))
+            .collect();
+        let topology = &self.topology;
+        self.status.send_modify(|st| {
+            if let Some(err) = st.last_error.take() {
+                tracing::info!(%topology, previous_error = %err, "discovery recovered");
+            }
+            st.last_success = Some(SystemTime::now());
+            if !st.reported || *st.peers != peers {
+                let added: Vec<String> = peers.difference(&st.peers).map(|p| p.to_string()).collect();
+                let removed: Vec<String> =
+                    st.peers.difference(&peers).map(|p| p.to_string()).collect();
+                if !added.is_empty() || !removed.is_empty() {
+                    tracing::info!(%topology, ?added, ?removed, total = peers.len(), "candidate peers changed");
+                }
+                st.peers = Arc::new(peers);
+                st.reported = true;
+            }
+        });
+    }
+
+    /// Says that discovery is failing. The last good set stays in force. Logged as a
+    /// warning when the strategy starts failing or the error changes, at debug level
+    /// while it keeps failing the same way; always counted.
+    pub fn failing(&self, error: &dyn fmt::Display) {
+        let msg = error.to_string();
+        let topology = &self.topology;
+        self.status.send_modify(|st| {
+            st.errors_total += 1;
+            if st.last_error.as_deref() != Some(msg.as_str()) {
+                tracing::warn!(%topology, error = %msg, "discovery failing; keeping the last good set");
+            } else {
+                tracing::debug!(%topology, error = %msg, "discovery still failing");
+            }
+            st.last_error = Some(msg);
+        });
+    }
+
+    /// Adds `n` to the strategy-specific counter `name` (shown in metrics and the API).
+    pub fn count(&self, name: &'static str, n: u64) {
+        self.status
+            .send_modify(|st| *st.counters.entry(name).or_default() += n);
+    }
+
+    /// Resolves when the cluster shuts down; the strategy should then return.
+    pub fn shutdown(&self) -> impl Future<Output = ()> + Send + '_ {
+        self.shutdown.cancelled()
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    /// Sleeps for `d`, or returns `false` early when shutdown begins (`true` otherwise).
+    pub async fn sleep(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => false,
+            _ = tokio::time::sleep(d) => true,
+        }
+    }
+}
