@@ -328,6 +328,11 @@ impl Cluster {
         self.stats.borrow().clone()
     }
 
+    /// A `watch` of the membership's counters: changes whenever one does.
+    pub fn stats_watch(&self) -> watch::Receiver<Stats> {
+        self.stats.clone()
+    }
+
     /// Leaves the cluster: stops the strategies, tells every peer that this node is
     /// leaving (they see `NodeDown` with reason `left` at once), closes the connections
     /// and waits for the membership task to end. Idempotent.

@@ -1,1 +1,1182 @@
-//! The core (being written).
+//! The membership state machine, sans IO.
+//!
+//! [`Core`] holds everything one node knows about its peers: the connections and their
+//! handshakes, who is up, whom to dial and when, what each topology currently offers, and
+//! who was pruned. It does no IO and never reads a clock: time comes in with every input,
+//! and randomness comes from a seeded generator. That is what lets [`super::sim`] run a
+//! thousand of them deterministically in virtual time.
+//!
+//! # The contract
+//!
+//! - **Getters**: [`Core::local`], [`Core::members`], [`Core::stats`],
+//!   [`Core::connection_count`].
+//! - **Inputs** (`handle_*`), each with the current time:
+//!   [`handle_candidates`](Core::handle_candidates) (a topology's new set),
+//!   [`handle_accepted`](Core::handle_accepted) (an inbound TCP connection),
+//!   [`handle_connected`](Core::handle_connected) /
+//!   [`handle_dial_failed`](Core::handle_dial_failed) (an outbound dial's outcome),
+//!   [`handle_frame`](Core::handle_frame), [`handle_decode_error`](Core::handle_decode_error),
+//!   [`handle_closed`](Core::handle_closed) (the peer or the network closed it),
+//!   [`handle_timeout`](Core::handle_timeout) (the deadline from `poll_timeout` passed),
+//!   [`leave`](Core::leave) (graceful shutdown).
+//! - **Outputs** (`poll_*`): after each input the driver drains
+//!   [`poll_action`](Core::poll_action) until it returns `None`, performing each
+//!   [`Action`] in order (a `Send` queued before a `Close` of the same connection must be
+//!   written before the connection is closed), then asks
+//!   [`poll_timeout`](Core::poll_timeout) for the next deadline and calls
+//!   `handle_timeout` when it is reached.
+//!
+//! A connection the core closed (`Action::Close`) is forgotten at once: later inputs for it
+//! are ignored, and the driver need not report its closing.
+//!
+//! # Events
+//!
+//! `Action::Emit` carries the [`Event`]s, in order. Per node name they alternate
+//! `NodeUp`/`NodeDown`, and a `NodeDown` is always for the incarnation that was up. No
+//! event is about the local node. On [`leave`](Core::leave) no events are emitted.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
+
+use super::wire::{
+    self, DecodeError, Frame, Hello, MAGIC, MemberEntry, PROTOCOL_VERSION, ProofSide, RejectReason,
+};
+use super::{Config, Stats};
+use crate::cookie::Cookie;
+use crate::events::{DownReason, Event};
+use crate::node::{Node, NodeName};
+use crate::strategies::PeerSet;
+use crate::strategies::backoff::Backoff;
+
+/// Identifies one connection of one core. Chosen by the core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+/// What the core asks the driver to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Open a TCP connection to `addr`; report `handle_connected` or `handle_dial_failed`.
+    Connect {
+        /// The id the core gave the connection.
+        conn: ConnId,
+        /// Where to dial.
+        addr: SocketAddr,
+    },
+    /// Write a frame on a connection.
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// The frame.
+        frame: Frame,
+    },
+    /// Close a connection (after writing what was queued before).
+    Close {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Publish a membership event.
+    Emit(Event),
+}
+
+/// How a topology takes part in membership.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopologyInfo {
+    /// Whether its set prunes (see DESIGN: discovery vs membership).
+    pub authoritative: bool,
+    /// Grace period before a peer absent from every authoritative set is pruned.
+    pub prune_after: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Dialing,
+    Handshake,
+    Established,
+}
+
+#[derive(Debug)]
+struct Conn {
+    /// For an outbound connection, the target address dialled.
+    target: Option<SocketAddr>,
+    phase: Phase,
+    opened: Instant,
+    last_recv: Instant,
+    nonce: [u8; 32],
+    /// The peer, once its `Hello` came.
+    peer: Option<Node>,
+    /// Whether this side wants member lists exchanged.
+    exchange: bool,
+    /// The peer's nonce, from its `Hello` (set together with `peer`).
+    peer_nonce: [u8; 32],
+}
+
+#[derive(Debug)]
+struct Target {
+    /// Topologies whose current set contains this address.
+    topologies: BTreeSet<usize>,
+    /// When a peer's member list last mentioned it (`None`: never learned that way).
+    learned: Option<Instant>,
+    /// The node's name, once known (from a strategy or a handshake).
+    name: Option<NodeName>,
+    dialing: Option<ConnId>,
+    retry_at: Instant,
+    backoff: Backoff,
+    /// Whether the current run of failures was already logged as a warning.
+    warned: bool,
+}
+
+#[derive(Debug)]
+struct UpPeer {
+    node: Node,
+    conn: ConnId,
+}
+
+#[derive(Debug, Default)]
+struct TopologyState {
+    info: Option<TopologyInfo>,
+    peers: Arc<PeerSet>,
+    names: HashSet<NodeName>,
+    addrs: HashSet<SocketAddr>,
+}
+
+/// The membership state machine of one node. See the [module docs](self).
+pub struct Core {
+    config: Config,
+    local: Node,
+    cookie: Cookie,
+    rng: StdRng,
+    topologies: Vec<TopologyState>,
+    conns: BTreeMap<ConnId, Conn>,
+    next_conn: u64,
+    /// Handshaking connections by the peer name their `Hello` gave.
+    handshaking: HashMap<NodeName, Vec<ConnId>>,
+    up: BTreeMap<NodeName, UpPeer>,
+    up_by_addr: HashMap<SocketAddr, NodeName>,
+    targets: BTreeMap<SocketAddr, Target>,
+    /// Up peers that have been in an authoritative set (only those can be pruned).
+    was_authoritative: HashSet<NodeName>,
+    /// Up peers absent from every authoritative set, with their prune deadline.
+    absent: BTreeMap<NodeName, Instant>,
+    pruned_names: HashMap<NodeName, Instant>,
+    pruned_addrs: HashMap<SocketAddr, Instant>,
+    /// Refusals already logged as warnings, by (peer ip, reason): later ones are debug.
+    refusals_warned: HashSet<(std::net::IpAddr, RejectReason)>,
+    digest: u64,
+    actions: VecDeque<Action>,
+    next_tick: Instant,
+    next_sync: Instant,
+    stats: Stats,
+    left: bool,
+}
+
+impl Core {
+    /// A core for `local`, with one [`TopologyInfo`] per topology (indexed as in
+    /// [`handle_candidates`](Self::handle_candidates)) and a seed for its randomness
+    /// (nonces, jitter). In production the seed must come from the OS's entropy.
+    pub fn new(
+        local: Node,
+        cookie: Cookie,
+        config: Config,
+        topologies: Vec<TopologyInfo>,
+        seed: u64,
+        now: Instant,
+    ) -> Self {
+        let digest = wire::member_hash(local.name.as_str(), local.incarnation);
+        let next_tick = now + config.heartbeat_interval;
+        let next_sync = now + config.sync_interval;
+        Core {
+            topologies: topologies
+                .into_iter()
+                .map(|info| TopologyState {
+                    info: Some(info),
+                    ..TopologyState::default()
+                })
+                .collect(),
+            config,
+            local,
+            cookie,
+            rng: StdRng::seed_from_u64(seed),
+            conns: BTreeMap::new(),
+            next_conn: 0,
+            handshaking: HashMap::new(),
+            up: BTreeMap::new(),
+            up_by_addr: HashMap::new(),
+            targets: BTreeMap::new(),
+            was_authoritative: HashSet::new(),
+            absent: BTreeMap::new(),
+            pruned_names: HashMap::new(),
+            pruned_addrs: HashMap::new(),
+            refusals_warned: HashSet::new(),
+            digest,
+            actions: VecDeque::new(),
+            next_tick,
+            next_sync,
+            stats: Stats::default(),
+            left: false,
+        }
+    }
+
+    // ----- getters -----
+
+    /// This node.
+    pub fn local(&self) -> &Node {
+        &self.local
+    }
+
+    /// The peers that are up, by name.
+    pub fn members(&self) -> impl Iterator<Item = &Node> {
+        self.up.values().map(|u| &u.node)
+    }
+
+    /// Whether the named peer is up.
+    pub fn is_up(&self, name: &NodeName) -> bool {
+        self.up.contains_key(name)
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// How many connections the core tracks (dialling, handshaking, established).
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The established connection to the named peer, if it is up.
+    pub fn connection_of(&self, name: &NodeName) -> Option<ConnId> {
+        self.up.get(name).map(|u| u.conn)
+    }
+
+    // ----- outputs -----
+
+    /// The next action for the driver, in order.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called. `None` after
+    /// [`leave`](Self::leave).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        (!self.left).then_some(self.next_tick)
+    }
+
+    // ----- inputs -----
+
+    /// A topology's strategy reported a new full set of candidates.
+    pub fn handle_candidates(&mut self, now: Instant, topology: usize, peers: Arc<PeerSet>) {
+        if self.left {
+            return;
+        }
+        if topology >= self.topologies.len() {
+            self.topologies
+                .resize_with(topology + 1, TopologyState::default);
+        }
+        let old = std::mem::replace(&mut self.topologies[topology].peers, peers.clone());
+        let removed: Vec<SocketAddr> = old
+            .iter()
+            .map(|p| p.addr)
+            .filter(|a| !peers.iter().any(|p| p.addr == *a))
+            .collect();
+        for addr in removed {
+            if let Some(t) = self.targets.get_mut(&addr) {
+                t.topologies.remove(&topology);
+            }
+            self.drop_target_if_unwanted(addr);
+        }
+        let st = &mut self.topologies[topology];
+        st.names = peers.iter().filter_map(|p| p.name.clone()).collect();
+        st.addrs = peers.iter().map(|p| p.addr).collect();
+        let authoritative = st.info.as_ref().is_some_and(|i| i.authoritative);
+        for p in peers.iter() {
+            if p.name.as_ref() == Some(&self.local.name) || p.addr == self.local.addr {
+                continue;
+            }
+            if authoritative {
+                self.pruned_addrs.remove(&p.addr);
+                if let Some(n) = &p.name {
+                    self.pruned_names.remove(n);
+                }
+            }
+            let t = self
+                .targets
+                .entry(p.addr)
+                .or_insert_with(|| new_target(&self.config, now));
+            t.topologies.insert(topology);
+            if p.name.is_some() {
+                t.name = p.name.clone();
+            }
+        }
+        self.check_pruning(now);
+        self.dial_due(now);
+    }
+
+    /// An inbound connection was accepted from `remote`. Returns its id; the core queues
+    /// its `Hello` at once.
+    pub fn handle_accepted(&mut self, now: Instant, _remote: SocketAddr) -> ConnId {
+        let id = self.new_conn(now, None, Phase::Handshake, false);
+        if self.left {
+            self.close(id);
+            return id;
+        }
+        self.send_hello(id);
+        id
+    }
+
+    /// An outbound connection the core asked for is open.
+    pub fn handle_connected(&mut self, now: Instant, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            // Closed by the core meanwhile: make sure the driver drops it.
+            self.actions.push_back(Action::Close { conn });
+            return;
+        };
+        if c.phase != Phase::Dialing {
+            return;
+        }
+        c.phase = Phase::Handshake;
+        c.last_recv = now;
+        *self.stats.connect_attempts.entry("ok").or_default() += 1;
+        self.send_hello(conn);
+    }
+
+    /// An outbound dial failed; `kind` says how (`refused`, `timeout`, `error`).
+    pub fn handle_dial_failed(&mut self, now: Instant, conn: ConnId, kind: &'static str) {
+        let Some(c) = self.close(conn) else {
+            return;
+        };
+        *self.stats.connect_attempts.entry(kind).or_default() += 1;
+        if let Some(addr) = c.target {
+            self.target_failed(now, addr, &format!("connect: {kind}"));
+        }
+    }
+
+    /// The connection closed, or failed, without the core asking.
+    pub fn handle_closed(&mut self, now: Instant, conn: ConnId) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        match c.phase {
+            Phase::Established => {
+                if let Some(name) = c.peer.as_ref().map(|p| p.name.clone()) {
+                    self.down(now, &name, DownReason::ConnectionClosed);
+                }
+                self.close(conn);
+            }
+            Phase::Dialing => self.handle_dial_failed(now, conn, "error"),
+            Phase::Handshake => {
+                self.count_failure("closed");
+                if let Some(addr) = self.close(conn).and_then(|c| c.target) {
+                    self.target_failed(now, addr, "closed during handshake");
+                }
+            }
+        }
+    }
+
+    /// The bytes of a frame could not be decoded: the connection is cut.
+    pub fn handle_decode_error(&mut self, now: Instant, conn: ConnId, error: &DecodeError) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let reason = match error {
+            DecodeError::BadVersion(_) => RejectReason::BadVersion,
+            DecodeError::Malformed(_) => RejectReason::Protocol,
+        };
+        if c.phase == Phase::Established {
+            self.stats.protocol_errors += 1;
+            let peer = c.peer.clone();
+            tracing::warn!(peer = ?peer.as_ref().map(|p| p.name.to_string()), %error, "cutting connection: bad frame");
+            self.actions.push_back(Action::Send {
+                conn,
+                frame: Frame::Reject(reason),
+            });
+            if let Some(p) = peer {
+                self.down(now, &p.name, DownReason::ConnectionClosed);
+            }
+            self.close(conn);
+        } else {
+            self.refuse(now, conn, reason, &error.to_string());
+        }
+    }
+
+    /// A frame arrived on a connection.
+    pub fn handle_frame(&mut self, now: Instant, conn: ConnId, frame: Frame) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.last_recv = now;
+        let phase = c.phase;
+        match (phase, frame) {
+            (_, Frame::Reject(reason)) => self.rejected_by_peer(now, conn, reason),
+            (Phase::Handshake, Frame::Hello(h)) if c.peer.is_none() => self.on_hello(now, conn, h),
+            (Phase::Handshake, Frame::Proof { mac, exchange }) if c.peer.is_some() => {
+                self.on_proof(now, conn, mac, exchange)
+            }
+            (Phase::Established, Frame::Heartbeat) => {}
+            (Phase::Established, Frame::Members(list)) => self.learn(now, list),
+            (Phase::Established, Frame::Sync { digest, reply }) => {
+                if digest != self.digest {
+                    let list = self.member_list();
+                    self.actions.push_back(Action::Send {
+                        conn,
+                        frame: Frame::Members(list),
+                    });
+                    if !reply {
+                        self.actions.push_back(Action::Send {
+                            conn,
+                            frame: Frame::Sync {
+                                digest: self.digest,
+                                reply: true,
+                            },
+                        });
+                    }
+                }
+            }
+            (Phase::Established, Frame::Leave) => {
+                if let Some(p) = c.peer.clone() {
+                    // It is gone: do not keep dialling it because some peer listed it.
+                    if let Some(t) = self.targets.get_mut(&p.addr) {
+                        t.learned = None;
+                    }
+                    self.down(now, &p.name, DownReason::Left);
+                }
+                self.close(conn);
+            }
+            (Phase::Established, Frame::Message { .. }) => {}
+            (phase, frame) => {
+                let kind = frame_kind(&frame);
+                if phase == Phase::Established {
+                    self.stats.protocol_errors += 1;
+                    let peer = c.peer.clone();
+                    tracing::warn!(peer = ?peer.as_ref().map(|p| p.name.to_string()), frame = kind, "cutting connection: unexpected frame");
+                    self.actions.push_back(Action::Send {
+                        conn,
+                        frame: Frame::Reject(RejectReason::Protocol),
+                    });
+                    if let Some(p) = peer {
+                        self.down(now, &p.name, DownReason::ConnectionClosed);
+                    }
+                    self.close(conn);
+                } else {
+                    self.refuse(
+                        now,
+                        conn,
+                        RejectReason::Protocol,
+                        &format!("unexpected {kind} frame"),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The deadline from [`poll_timeout`](Self::poll_timeout) passed: heartbeats,
+    /// timeouts, pruning, anti-entropy, redials.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.left || now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + self.config.heartbeat_interval;
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            let Some(c) = self.conns.get(&id) else {
+                continue;
+            };
+            match c.phase {
+                Phase::Dialing | Phase::Handshake => {
+                    if now >= c.opened + self.config.handshake_timeout {
+                        if c.phase == Phase::Dialing {
+                            self.handle_dial_failed(now, id, "timeout");
+                        } else {
+                            self.count_failure("timeout");
+                            tracing::debug!(conn = id.0, "handshake timed out");
+                            if let Some(addr) = self.close(id).and_then(|c| c.target) {
+                                self.target_failed(now, addr, "handshake timed out");
+                            }
+                        }
+                    }
+                }
+                Phase::Established => {
+                    if now >= c.last_recv + self.config.down_after {
+                        if let Some(p) = c.peer.clone() {
+                            self.down(now, &p.name, DownReason::HeartbeatTimeout);
+                        }
+                        self.close(id);
+                    } else {
+                        self.actions.push_back(Action::Send {
+                            conn: id,
+                            frame: Frame::Heartbeat,
+                        });
+                    }
+                }
+            }
+        }
+        self.check_pruning(now);
+        self.expire(now);
+        if now >= self.next_sync {
+            let jitter = self.rng.gen_range(0.8..1.2);
+            self.next_sync = now + self.config.sync_interval.mul_f64(jitter);
+            if !self.up.is_empty() {
+                let i = self.rng.gen_range(0..self.up.len());
+                if let Some(u) = self.up.values().nth(i) {
+                    self.actions.push_back(Action::Send {
+                        conn: u.conn,
+                        frame: Frame::Sync {
+                            digest: self.digest,
+                            reply: false,
+                        },
+                    });
+                }
+            }
+        }
+        self.dial_due(now);
+    }
+
+    /// Graceful shutdown: tells every peer this node is leaving, closes every connection.
+    /// Emits no events; the core is inert afterwards.
+    pub fn leave(&mut self, _now: Instant) {
+        if self.left {
+            return;
+        }
+        self.left = true;
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            if self
+                .conns
+                .get(&id)
+                .is_some_and(|c| c.phase == Phase::Established)
+            {
+                self.actions.push_back(Action::Send {
+                    conn: id,
+                    frame: Frame::Leave,
+                });
+            }
+            self.close(id);
+        }
+        self.up.clear();
+        self.up_by_addr.clear();
+        self.targets.clear();
+    }
+
+    // ----- handshake -----
+
+    fn new_conn(
+        &mut self,
+        now: Instant,
+        target: Option<SocketAddr>,
+        phase: Phase,
+        exchange: bool,
+    ) -> ConnId {
+        self.next_conn += 1;
+        let id = ConnId(self.next_conn);
+        let mut nonce = [0u8; 32];
+        self.rng.fill_bytes(&mut nonce);
+        self.conns.insert(
+            id,
+            Conn {
+                target,
+                phase,
+                opened: now,
+                last_recv: now,
+                nonce,
+                peer: None,
+                exchange,
+                peer_nonce: [0; 32],
+            },
+        );
+        id
+    }
+
+    fn send_hello(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let frame = Frame::Hello(Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            name: self.local.name.to_string(),
+            incarnation: self.local.incarnation,
+            addr: self.local.addr,
+            nonce: c.nonce,
+        });
+        self.actions.push_back(Action::Send { conn, frame });
+    }
+
+    fn on_hello(&mut self, now: Instant, conn: ConnId, h: Hello) {
+        if h.magic != MAGIC || h.version != PROTOCOL_VERSION {
+            return self.refuse(
+                now,
+                conn,
+                RejectReason::BadVersion,
+                &format!("protocol version {}", h.version),
+            );
+        }
+        let name: NodeName = match h.name.parse() {
+            Ok(n) => n,
+            Err(e) => return self.refuse(now, conn, RejectReason::Protocol, &e.to_string()),
+        };
+        let peer = Node {
+            name: name.clone(),
+            addr: h.addr,
+            incarnation: h.incarnation,
+        };
+        let target = self.conns.get(&conn).and_then(|c| c.target);
+        if let Some(addr) = target
+            && let Some(t) = self.targets.get_mut(&addr)
+        {
+            t.name = Some(name.clone());
+        }
+        if name == self.local.name {
+            return self.refuse(
+                now,
+                conn,
+                RejectReason::NameClash,
+                &format!("{} uses this node's name", h.addr),
+            );
+        }
+        if self.is_pruned(&peer) {
+            return self.refuse(
+                now,
+                conn,
+                RejectReason::Pruned,
+                "pruned by an authoritative topology",
+            );
+        }
+        if self
+            .up
+            .get(&name)
+            .is_some_and(|u| u.node.incarnation == peer.incarnation)
+        {
+            return self.refuse(now, conn, RejectReason::Duplicate, "already connected");
+        }
+        // Simultaneous dials: keep the connection dialled by the node with the smaller name
+        // (both sides apply the same rule, so they keep the same one); between two
+        // connections dialled by the same side, keep the older.
+        let rivals: Vec<ConnId> = self
+            .handshaking
+            .get(&name)
+            .map(|v| v.iter().copied().filter(|c| *c != conn).collect())
+            .unwrap_or_default();
+        let i_win = self.local.name < name;
+        for rival in rivals {
+            let Some(r) = self.conns.get(&rival) else {
+                continue;
+            };
+            if r.peer.as_ref().map(|p| p.incarnation) != Some(peer.incarnation) {
+                continue;
+            }
+            let this_outbound = target.is_some();
+            let rival_outbound = r.target.is_some();
+            let keep_this = if this_outbound == rival_outbound {
+                false
+            } else {
+                this_outbound == i_win
+            };
+            if keep_this {
+                self.refuse(
+                    now,
+                    rival,
+                    RejectReason::Duplicate,
+                    "simultaneous dial lost the tie-break",
+                );
+            } else {
+                return self.refuse(
+                    now,
+                    conn,
+                    RejectReason::Duplicate,
+                    "simultaneous dial lost the tie-break",
+                );
+            }
+        }
+        let exchange =
+            self.conns.get(&conn).is_some_and(|c| c.exchange) || self.in_any_topology(&peer);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.exchange = exchange;
+        let mac = wire::proof_mac(
+            &self.cookie,
+            &ProofSide {
+                name: self.local.name.as_str(),
+                incarnation: self.local.incarnation,
+                nonce: &c.nonce,
+            },
+            &ProofSide {
+                name: &h.name,
+                incarnation: h.incarnation,
+                nonce: &h.nonce,
+            },
+        );
+        c.peer = Some(peer);
+        c.peer_nonce = h.nonce;
+        self.handshaking.entry(name).or_default().push(conn);
+        self.actions.push_back(Action::Send {
+            conn,
+            frame: Frame::Proof { mac, exchange },
+        });
+    }
+
+    fn on_proof(&mut self, now: Instant, conn: ConnId, mac: [u8; 32], peer_exchange: bool) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let Some(peer) = c.peer.clone() else {
+            return self.refuse(now, conn, RejectReason::Protocol, "proof before hello");
+        };
+        let peer_nonce = c.peer_nonce;
+        let ok = wire::verify_proof(
+            &self.cookie,
+            &ProofSide {
+                name: peer.name.as_str(),
+                incarnation: peer.incarnation,
+                nonce: &peer_nonce,
+            },
+            &ProofSide {
+                name: self.local.name.as_str(),
+                incarnation: self.local.incarnation,
+                nonce: &c.nonce,
+            },
+            &mac,
+        );
+        if !ok {
+            return self.refuse(
+                now,
+                conn,
+                RejectReason::BadCookie,
+                &format!("{} does not know the cookie", peer.name),
+            );
+        }
+        let exchange = c.exchange || peer_exchange;
+        self.unlist_handshaking(conn, &peer.name);
+        if let Some(old) = self.up.get(&peer.name) {
+            if old.node.incarnation == peer.incarnation {
+                // Lost a race with another connection that completed first.
+                self.count_failure("duplicate");
+                self.close(conn);
+                return;
+            }
+            tracing::info!(peer = %peer.name, "peer restarted: replacing the old incarnation");
+            self.down(now, &peer.name, DownReason::ConnectionClosed);
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.phase = Phase::Established;
+        }
+        // Bookkeeping of the dial targets that lead to this peer.
+        for addr in [
+            self.conns.get(&conn).and_then(|c| c.target),
+            Some(peer.addr),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let Some(t) = self.targets.get_mut(&addr) {
+                if t.dialing == Some(conn) {
+                    t.dialing = None;
+                }
+                if t.warned {
+                    tracing::info!(peer = %peer.name, %addr, "peer reachable again");
+                }
+                t.backoff.reset();
+                t.warned = false;
+                t.name = Some(peer.name.clone());
+            }
+        }
+        if self.in_any_authoritative(&peer) {
+            self.was_authoritative.insert(peer.name.clone());
+        }
+        self.up_by_addr.insert(peer.addr, peer.name.clone());
+        self.digest ^= wire::member_hash(peer.name.as_str(), peer.incarnation);
+        self.up.insert(
+            peer.name.clone(),
+            UpPeer {
+                node: peer.clone(),
+                conn,
+            },
+        );
+        self.stats.nodeups += 1;
+        tracing::info!(peer = %peer, "node up");
+        self.actions.push_back(Action::Emit(Event::NodeUp(peer)));
+        if exchange {
+            let list = self.member_list();
+            self.actions.push_back(Action::Send {
+                conn,
+                frame: Frame::Members(list),
+            });
+        }
+    }
+
+    /// Refuses a connection during the handshake: tells the peer why, closes, counts, logs
+    /// (a warning the first time per peer address and reason, then debug).
+    fn refuse(&mut self, now: Instant, conn: ConnId, reason: RejectReason, detail: &str) {
+        let peer = self.conns.get(&conn).and_then(|c| c.peer.clone());
+        self.count_failure(reason.as_str());
+        self.log_refusal(peer.as_ref().map(|p| p.addr), reason, || {
+            format!(
+                "refused peer {}: {} ({detail})",
+                peer.as_ref()
+                    .map(|p| p.name.to_string())
+                    .unwrap_or_else(|| "?".into()),
+                reason.as_str()
+            )
+        });
+        self.actions.push_back(Action::Send {
+            conn,
+            frame: Frame::Reject(reason),
+        });
+        let target = self.close(conn).and_then(|c| c.target);
+        self.after_refusal(now, target, reason);
+    }
+
+    /// After a refused handshake on a connection we dialled: back off (a duplicate only
+    /// waits the initial delay, in case the connection that won fails).
+    fn after_refusal(&mut self, now: Instant, target: Option<SocketAddr>, reason: RejectReason) {
+        let Some(addr) = target else { return };
+        if reason == RejectReason::Duplicate {
+            if let Some(t) = self.targets.get_mut(&addr) {
+                t.retry_at = now + self.config.reconnect_initial;
+            }
+        } else {
+            self.target_failed(now, addr, reason.as_str());
+        }
+    }
+
+    fn rejected_by_peer(&mut self, now: Instant, conn: ConnId, reason: RejectReason) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let peer = c.peer.clone();
+        let target = c.target;
+        if c.phase == Phase::Established {
+            if let Some(p) = &peer {
+                tracing::warn!(peer = %p.name, reason = reason.as_str(), "peer cut the connection");
+                self.down(now, &p.name, DownReason::ConnectionClosed);
+            }
+            self.close(conn);
+            return;
+        }
+        self.count_failure(reason.as_str());
+        let addr = peer.as_ref().map(|p| p.addr).or(target);
+        self.log_refusal(addr, reason, || {
+            format!(
+                "peer {} refused this node: {}",
+                peer.as_ref()
+                    .map(|p| p.name.to_string())
+                    .or(addr.map(|a| a.to_string()))
+                    .unwrap_or_default(),
+                reason.as_str()
+            )
+        });
+        let target = self.close(conn).and_then(|c| c.target);
+        self.after_refusal(now, target, reason);
+    }
+
+    fn log_refusal(
+        &mut self,
+        addr: Option<SocketAddr>,
+        reason: RejectReason,
+        msg: impl FnOnce() -> String,
+    ) {
+        if reason == RejectReason::Duplicate {
+            tracing::debug!("{}", msg());
+            return;
+        }
+        let first = match addr {
+            Some(a) => {
+                if self.refusals_warned.len() > 4096 {
+                    self.refusals_warned.clear();
+                }
+                self.refusals_warned.insert((a.ip(), reason))
+            }
+            None => true,
+        };
+        if first {
+            tracing::warn!("{}", msg());
+        } else {
+            tracing::debug!("{}", msg());
+        }
+    }
+
+    fn count_failure(&mut self, reason: &'static str) {
+        *self.stats.handshake_failures.entry(reason).or_default() += 1;
+    }
+
+    // ----- membership -----
+
+    fn down(&mut self, now: Instant, name: &NodeName, reason: DownReason) {
+        let Some(u) = self.up.remove(name) else {
+            return;
+        };
+        if self.up_by_addr.get(&u.node.addr) == Some(name) {
+            self.up_by_addr.remove(&u.node.addr);
+        }
+        self.digest ^= wire::member_hash(name.as_str(), u.node.incarnation);
+        self.absent.remove(name);
+        self.was_authoritative.remove(name);
+        self.stats.nodedowns += 1;
+        match reason {
+            DownReason::Left => tracing::info!(peer = %u.node, "node down: left"),
+            _ => tracing::warn!(peer = %u.node, reason = reason.as_str(), "node down"),
+        }
+        self.actions.push_back(Action::Emit(Event::NodeDown {
+            node: u.node.clone(),
+            reason,
+        }));
+        if self.conns.contains_key(&u.conn) {
+            self.close(u.conn);
+        }
+        // Redial after the initial backoff (not at once: a peer that just died is likely
+        // still unreachable).
+        let delay = self.config.reconnect_initial;
+        for addr in [u.node.addr] {
+            if let Some(t) = self.targets.get_mut(&addr) {
+                t.backoff.reset();
+                let d = t.backoff.next_delay(&mut self.rng).max(delay.mul_f64(0.5));
+                t.retry_at = now + d;
+            }
+        }
+    }
+
+    fn member_list(&self) -> Vec<MemberEntry> {
+        self.up
+            .values()
+            .map(|u| MemberEntry {
+                name: u.node.name.to_string(),
+                addr: u.node.addr,
+                incarnation: u.node.incarnation,
+            })
+            .collect()
+    }
+
+    fn learn(&mut self, now: Instant, list: Vec<MemberEntry>) {
+        let mut fresh = Vec::new();
+        for e in list {
+            let Ok(name) = e.name.parse::<NodeName>() else {
+                continue;
+            };
+            if name == self.local.name || e.addr == self.local.addr || self.up.contains_key(&name) {
+                continue;
+            }
+            let node = Node {
+                name: name.clone(),
+                addr: e.addr,
+                incarnation: e.incarnation,
+            };
+            if self.is_pruned(&node) {
+                continue;
+            }
+            let t = self
+                .targets
+                .entry(e.addr)
+                .or_insert_with(|| new_target(&self.config, now));
+            t.learned = Some(now);
+            t.name = Some(name);
+            fresh.push(e.addr);
+        }
+        for addr in fresh {
+            self.dial_if_due(now, addr);
+        }
+    }
+
+    // ----- dialling -----
+
+    fn dial_due(&mut self, now: Instant) {
+        let addrs: Vec<SocketAddr> = self.targets.keys().copied().collect();
+        for addr in addrs {
+            self.dial_if_due(now, addr);
+        }
+    }
+
+    fn dial_if_due(&mut self, now: Instant, addr: SocketAddr) {
+        if self.left {
+            return;
+        }
+        let Some(t) = self.targets.get(&addr) else {
+            return;
+        };
+        if t.dialing.is_some()
+            || t.retry_at > now
+            || (t.topologies.is_empty() && t.learned.is_none())
+        {
+            return;
+        }
+        let satisfied = t.name.as_ref().is_some_and(|n| self.up.contains_key(n))
+            || self.up_by_addr.contains_key(&addr);
+        if satisfied
+            || self.pruned_addrs.contains_key(&addr)
+            || t.name
+                .as_ref()
+                .is_some_and(|n| self.pruned_names.contains_key(n))
+        {
+            return;
+        }
+        let exchange = !t.topologies.is_empty();
+        let id = self.new_conn(now, Some(addr), Phase::Dialing, exchange);
+        if let Some(t) = self.targets.get_mut(&addr) {
+            t.dialing = Some(id);
+        }
+        self.actions.push_back(Action::Connect { conn: id, addr });
+    }
+
+    /// A dial or handshake to `addr` failed: back off, log the first failure of a run.
+    fn target_failed(&mut self, now: Instant, addr: SocketAddr, why: &str) {
+        let Some(t) = self.targets.get_mut(&addr) else {
+            return;
+        };
+        let delay = t.backoff.next_delay(&mut self.rng);
+        t.retry_at = now + delay;
+        if !t.warned {
+            t.warned = true;
+            tracing::warn!(%addr, peer = ?t.name.as_ref().map(|n| n.to_string()), error = why, "cannot reach peer; retrying with backoff");
+        } else {
+            tracing::debug!(%addr, error = why, retry_in = ?delay, "still cannot reach peer");
+        }
+    }
+
+    /// Stops tracking a connection and tells the driver to close it. Returns what it was.
+    fn close(&mut self, conn: ConnId) -> Option<Conn> {
+        let c = self.conns.remove(&conn)?;
+        if let Some(p) = &c.peer {
+            self.unlist_handshaking(conn, &p.name.clone());
+        }
+        if let Some(addr) = c.target
+            && let Some(t) = self.targets.get_mut(&addr)
+            && t.dialing == Some(conn)
+        {
+            t.dialing = None;
+        }
+        self.actions.push_back(Action::Close { conn });
+        Some(c)
+    }
+
+    fn unlist_handshaking(&mut self, conn: ConnId, name: &NodeName) {
+        if let Some(v) = self.handshaking.get_mut(name) {
+            v.retain(|c| *c != conn);
+            if v.is_empty() {
+                self.handshaking.remove(name);
+            }
+        }
+    }
+
+    fn drop_target_if_unwanted(&mut self, addr: SocketAddr) {
+        if let Some(t) = self.targets.get(&addr)
+            && t.topologies.is_empty()
+            && t.learned.is_none()
+            && t.dialing.is_none()
+        {
+            self.targets.remove(&addr);
+        }
+    }
+
+    // ----- pruning and expiry -----
+
+    fn in_any_topology(&self, node: &Node) -> bool {
+        self.topologies
+            .iter()
+            .any(|t| t.names.contains(&node.name) || t.addrs.contains(&node.addr))
+    }
+
+    fn in_any_authoritative(&self, node: &Node) -> bool {
+        self.topologies.iter().any(|t| {
+            t.info.as_ref().is_some_and(|i| i.authoritative)
+                && (t.names.contains(&node.name) || t.addrs.contains(&node.addr))
+        })
+    }
+
+    fn is_pruned(&self, node: &Node) -> bool {
+        self.pruned_names.contains_key(&node.name) || self.pruned_addrs.contains_key(&node.addr)
+    }
+
+    fn check_pruning(&mut self, now: Instant) {
+        let grace = self
+            .topologies
+            .iter()
+            .filter_map(|t| t.info.as_ref())
+            .filter(|i| i.authoritative)
+            .map(|i| i.prune_after)
+            .max();
+        let Some(grace) = grace else { return };
+        let mut to_prune = Vec::new();
+        let nodes: Vec<Node> = self.up.values().map(|u| u.node.clone()).collect();
+        for node in nodes {
+            if self.in_any_authoritative(&node) {
+                self.was_authoritative.insert(node.name.clone());
+                self.absent.remove(&node.name);
+                continue;
+            }
+            if !self.was_authoritative.contains(&node.name) {
+                continue;
+            }
+            let deadline = *self.absent.entry(node.name.clone()).or_insert(now + grace);
+            if now >= deadline {
+                to_prune.push(node);
+            }
+        }
+        for node in to_prune {
+            tracing::info!(peer = %node, "pruning: gone from every authoritative topology");
+            self.pruned_names.insert(node.name.clone(), now);
+            self.pruned_addrs.insert(node.addr, now);
+            if let Some(t) = self.targets.get_mut(&node.addr) {
+                t.learned = None;
+            }
+            self.down(now, &node.name, DownReason::Pruned);
+            self.drop_target_if_unwanted(node.addr);
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let forget = self.config.forget_after;
+        self.pruned_names.retain(|_, at| now < *at + forget);
+        self.pruned_addrs.retain(|_, at| now < *at + forget);
+        // Learned targets stay while up, and for `forget_after` after they were last
+        // mentioned or seen up.
+        let up_addrs: HashSet<SocketAddr> = self.up.values().map(|u| u.node.addr).collect();
+        let mut gone = Vec::new();
+        for (addr, t) in self.targets.iter_mut() {
+            if up_addrs.contains(addr) || t.name.as_ref().is_some_and(|n| self.up.contains_key(n)) {
+                if t.learned.is_some() {
+                    t.learned = Some(now);
+                }
+                continue;
+            }
+            if let Some(at) = t.learned
+                && now >= at + forget
+            {
+                t.learned = None;
+                if t.topologies.is_empty() && t.dialing.is_none() {
+                    gone.push(*addr);
+                }
+            }
+        }
+        for addr in gone {
+            self.targets.remove(&addr);
+        }
+    }
+}
+
+fn new_target(config: &Config, now: Instant) -> Target {
+    Target {
+        topologies: BTreeSet::new(),
+        learned: None,
+        name: None,
+        dialing: None,
+        retry_at: now,
+        backoff: Backoff::new(config.reconnect_initial, config.reconnect_max),
+        warned: false,
+    }
+}
+
+fn frame_kind(f: &Frame) -> &'static str {
+    match f {
+        Frame::Hello(_) => "hello",
+        Frame::Proof { .. } => "proof",
+        Frame::Reject(_) => "reject",
+        Frame::Heartbeat => "heartbeat",
+        Frame::Members(_) => "members",
+        Frame::Sync { .. } => "sync",
+        Frame::Leave => "leave",
+        Frame::Message { .. } => "message",
+    }
+}

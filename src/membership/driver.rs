@@ -1,13 +1,36 @@
-//! The tokio driver (being written).
+//! The tokio driver: runs a [`Core`] over real TCP connections.
+//!
+//! One task owns the core. It `select!`s over: commands (shutdown), the listener, events
+//! from the connection tasks (connected, frame, closed), the topologies' `watch`es, and
+//! the core's next deadline. After each input it drains the core's actions: dials are
+//! spawned, frames are queued on the connection's writer task, closes drop the writer
+//! (which flushes what was queued, then shuts the socket), events go to the bus.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use rand::RngCore;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+
+use super::core::{Action, ConnId, Core, TopologyInfo};
+use super::wire::{self, DecodeError, Frame};
 use super::{Config, Stats};
 use crate::cluster::Command;
 use crate::cookie::Cookie;
 use crate::events::Bus;
 use crate::node::Node;
 use crate::strategies::TopologyStatus;
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+
+/// How many frames may wait for one peer's socket before the peer counts as too slow
+/// and its connection is cut.
+const WRITE_QUEUE: usize = 4096;
 
 /// A topology as the driver sees it.
 pub(crate) struct Topology {
@@ -29,9 +52,261 @@ pub(crate) struct Params {
     pub stats: watch::Sender<Stats>,
 }
 
-pub(crate) async fn run(mut p: Params) {
-    while let Some(Command::Shutdown(tx)) = p.commands.recv().await {
-        let _ = tx.send(());
-        return;
+/// What connection tasks tell the owner.
+enum NetEvent {
+    Connected(ConnId, TcpStream),
+    DialFailed(ConnId, &'static str),
+    Frame(ConnId, Frame),
+    Bad(ConnId, DecodeError),
+    Closed(ConnId),
+}
+
+struct ConnIo {
+    writer: mpsc::Sender<Bytes>,
+    reader: JoinHandle<()>,
+    writer_task: JoinHandle<()>,
+}
+
+struct Driver {
+    core: Core,
+    config: Config,
+    bus: Arc<Bus>,
+    stats: watch::Sender<Stats>,
+    net_tx: mpsc::UnboundedSender<NetEvent>,
+    conns: HashMap<ConnId, ConnIo>,
+    closing: Vec<JoinHandle<()>>,
+}
+
+/// Runs the membership until a shutdown command.
+pub(crate) async fn run(p: Params) {
+    let Params {
+        local,
+        cookie,
+        config,
+        listener,
+        topologies,
+        bus,
+        mut commands,
+        stats,
+    } = p;
+    let infos = topologies
+        .iter()
+        .map(|t| TopologyInfo {
+            authoritative: t.authoritative,
+            prune_after: t.prune_after,
+        })
+        .collect();
+    let seed = rand::rngs::OsRng.next_u64();
+    let core = Core::new(
+        local,
+        cookie,
+        config.clone(),
+        infos,
+        seed,
+        Instant::now().into_std(),
+    );
+    let (net_tx, mut net_rx) = mpsc::unbounded_channel();
+    let mut d = Driver {
+        core,
+        config,
+        bus,
+        stats,
+        net_tx,
+        conns: HashMap::new(),
+        closing: Vec::new(),
+    };
+    let mut topo_streams =
+        futures::stream::select_all(topologies.into_iter().enumerate().map(|(i, t)| {
+            let name = t.name;
+            tokio_stream::wrappers::WatchStream::new(t.status).map(move |st| (i, name.clone(), st))
+        }));
+    loop {
+        d.perform();
+        let deadline = d.core.poll_timeout().map(Instant::from_std);
+        tokio::select! {
+            cmd = commands.recv() => {
+                match cmd {
+                    Some(Command::Shutdown(done)) => {
+                        d.shutdown().await;
+                        let _ = done.send(());
+                    }
+                    None => d.shutdown().await,
+                }
+                return;
+            }
+            ev = net_rx.recv() => {
+                let Some(ev) = ev else { continue };
+                d.on_net(ev);
+            }
+            acc = listener.accept() => {
+                match acc {
+                    Ok((stream, remote)) => {
+                        let id = d.core.handle_accepted(Instant::now().into_std(), remote);
+                        d.attach(id, stream);
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: pause briefly, keep going.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            Some((i, name, st)) = topo_streams.next() => {
+                if st.reported {
+                    tracing::debug!(topology = %name, peers = st.peers.len(), "candidates");
+                    d.core.handle_candidates(Instant::now().into_std(), i, st.peers.clone());
+                }
+            }
+            _ = sleep_until(deadline) => {
+                d.core.handle_timeout(Instant::now().into_std());
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Driver {
+    fn on_net(&mut self, ev: NetEvent) {
+        let now = Instant::now().into_std();
+        match ev {
+            NetEvent::Connected(id, stream) => {
+                self.attach(id, stream);
+                self.core.handle_connected(now, id);
+            }
+            NetEvent::DialFailed(id, kind) => self.core.handle_dial_failed(now, id, kind),
+            NetEvent::Frame(id, frame) => self.core.handle_frame(now, id, frame),
+            NetEvent::Bad(id, err) => self.core.handle_decode_error(now, id, &err),
+            NetEvent::Closed(id) => {
+                self.drop_conn(id);
+                self.core.handle_closed(now, id);
+            }
+        }
+    }
+
+    /// Performs the core's actions, in order.
+    fn perform(&mut self) {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Connect { conn, addr } => {
+                    let tx = self.net_tx.clone();
+                    let timeout = self.config.handshake_timeout;
+                    tokio::spawn(async move {
+                        let ev = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await
+                        {
+                            Ok(Ok(s)) => NetEvent::Connected(conn, s),
+                            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                                NetEvent::DialFailed(conn, "refused")
+                            }
+                            Ok(Err(_)) => NetEvent::DialFailed(conn, "error"),
+                            Err(_) => NetEvent::DialFailed(conn, "timeout"),
+                        };
+                        let _ = tx.send(ev);
+                    });
+                }
+                Action::Send { conn, frame } => {
+                    let Some(io) = self.conns.get(&conn) else {
+                        continue;
+                    };
+                    let bytes = Bytes::from(wire::encode(&frame));
+                    if io.writer.try_send(bytes).is_err() {
+                        // The peer does not read: cut it rather than queue without bound.
+                        tracing::warn!(
+                            conn = conn.0,
+                            "peer too slow to read; cutting the connection"
+                        );
+                        self.drop_conn(conn);
+                        self.core.handle_closed(Instant::now().into_std(), conn);
+                    }
+                }
+                Action::Close { conn } => self.drop_conn(conn),
+                Action::Emit(event) => self.bus.publish(event, SystemTime::now()),
+            }
+        }
+        let s = self.core.stats();
+        self.stats.send_if_modified(|cur| {
+            if cur != s {
+                *cur = s.clone();
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Starts the reader and writer tasks of a connection.
+    fn attach(&mut self, id: ConnId, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        let codec = || {
+            LengthDelimitedCodec::builder()
+                .length_field_length(4)
+                .max_frame_length(self.config.max_frame as usize)
+                .new_codec()
+        };
+        let mut reader = FramedRead::new(rd, codec());
+        let mut writer = FramedWrite::new(wr, codec());
+        let tx = self.net_tx.clone();
+        let reader_task = tokio::spawn(async move {
+            while let Some(item) = reader.next().await {
+                let ev = match item {
+                    Ok(bytes) => match wire::decode(&bytes) {
+                        Ok(frame) => NetEvent::Frame(id, frame),
+                        Err(e) => NetEvent::Bad(id, e),
+                    },
+                    Err(e) => NetEvent::Bad(id, DecodeError::Malformed(e.to_string())),
+                };
+                let stop = matches!(ev, NetEvent::Bad(..));
+                if tx.send(ev).is_err() || stop {
+                    return;
+                }
+            }
+            let _ = tx.send(NetEvent::Closed(id));
+        });
+        let (wtx, mut wrx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let writer_task = tokio::spawn(async move {
+            while let Some(b) = wrx.recv().await {
+                if writer.send(b).await.is_err() {
+                    return;
+                }
+            }
+            let _ = SinkExt::<Bytes>::close(&mut writer).await;
+        });
+        self.conns.insert(
+            id,
+            ConnIo {
+                writer: wtx,
+                reader: reader_task,
+                writer_task,
+            },
+        );
+    }
+
+    /// Stops reading a connection; its writer flushes what was queued, then closes.
+    fn drop_conn(&mut self, id: ConnId) {
+        if let Some(io) = self.conns.remove(&id) {
+            io.reader.abort();
+            drop(io.writer);
+            self.closing.retain(|h| !h.is_finished());
+            self.closing.push(io.writer_task);
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        self.core.leave(Instant::now().into_std());
+        self.perform();
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.drop_conn(id);
+        }
+        // Give the `Leave` frames a bounded time to reach the peers.
+        let writers = std::mem::take(&mut self.closing);
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), futures::future::join_all(writers)).await;
     }
 }
