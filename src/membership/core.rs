@@ -162,8 +162,9 @@ pub struct Core {
     was_authoritative: HashSet<NodeName>,
     /// Up peers absent from every authoritative set, with their prune deadline.
     absent: BTreeMap<NodeName, Instant>,
-    pruned_names: HashMap<NodeName, Instant>,
-    pruned_addrs: HashMap<SocketAddr, Instant>,
+    /// Pruned peers: name, advertised address, when. Refused by name or address until
+    /// an authoritative set lists either again (or `forget_after` passes).
+    pruned: HashMap<NodeName, (SocketAddr, Instant)>,
     /// Refusals already logged as warnings, by (peer ip, reason): later ones are debug.
     refusals_warned: HashSet<(std::net::IpAddr, RejectReason)>,
     digest: u64,
@@ -209,8 +210,7 @@ impl Core {
             targets: BTreeMap::new(),
             was_authoritative: HashSet::new(),
             absent: BTreeMap::new(),
-            pruned_names: HashMap::new(),
-            pruned_addrs: HashMap::new(),
+            pruned: HashMap::new(),
             refusals_warned: HashSet::new(),
             digest,
             actions: VecDeque::new(),
@@ -293,15 +293,14 @@ impl Core {
         st.names = peers.iter().filter_map(|p| p.name.clone()).collect();
         st.addrs = peers.iter().map(|p| p.addr).collect();
         let authoritative = st.info.as_ref().is_some_and(|i| i.authoritative);
+        if authoritative && !self.pruned.is_empty() {
+            let (names, addrs) = (&st.names, &st.addrs);
+            self.pruned
+                .retain(|name, (addr, _)| !names.contains(name) && !addrs.contains(addr));
+        }
         for p in peers.iter() {
             if p.name.as_ref() == Some(&self.local.name) || p.addr == self.local.addr {
                 continue;
-            }
-            if authoritative {
-                self.pruned_addrs.remove(&p.addr);
-                if let Some(n) = &p.name {
-                    self.pruned_names.remove(n);
-                }
             }
             let t = self
                 .targets
@@ -1005,10 +1004,8 @@ impl Core {
         let satisfied = t.name.as_ref().is_some_and(|n| self.up.contains_key(n))
             || self.up_by_addr.contains_key(&addr);
         if satisfied
-            || self.pruned_addrs.contains_key(&addr)
-            || t.name
-                .as_ref()
-                .is_some_and(|n| self.pruned_names.contains_key(n))
+            || self.pruned.values().any(|(a, _)| *a == addr)
+            || t.name.as_ref().is_some_and(|n| self.pruned.contains_key(n))
         {
             return;
         }
@@ -1086,7 +1083,7 @@ impl Core {
     }
 
     fn is_pruned(&self, node: &Node) -> bool {
-        self.pruned_names.contains_key(&node.name) || self.pruned_addrs.contains_key(&node.addr)
+        self.pruned.contains_key(&node.name) || self.pruned.values().any(|(a, _)| *a == node.addr)
     }
 
     fn check_pruning(&mut self, now: Instant) {
@@ -1116,8 +1113,7 @@ impl Core {
         }
         for node in to_prune {
             tracing::info!(peer = %node, "pruning: gone from every authoritative topology");
-            self.pruned_names.insert(node.name.clone(), now);
-            self.pruned_addrs.insert(node.addr, now);
+            self.pruned.insert(node.name.clone(), (node.addr, now));
             if let Some(t) = self.targets.get_mut(&node.addr) {
                 t.learned = None;
             }
@@ -1128,8 +1124,7 @@ impl Core {
 
     fn expire(&mut self, now: Instant) {
         let forget = self.config.forget_after;
-        self.pruned_names.retain(|_, at| now < *at + forget);
-        self.pruned_addrs.retain(|_, at| now < *at + forget);
+        self.pruned.retain(|_, (_, at)| now < *at + forget);
         // Learned targets stay while up, and for `forget_after` after they were last
         // mentioned or seen up.
         let up_addrs: HashSet<SocketAddr> = self.up.values().map(|u| u.node.addr).collect();
