@@ -543,6 +543,17 @@ impl Sim {
     /// Whether every running node in `group` has exactly the other running nodes of
     /// `group` (current incarnations) as members.
     pub fn is_full_mesh(&self, group: &[usize]) -> bool {
+        let count = group.iter().filter(|&&i| self.nodes[i].core.is_some()).count();
+        // Cheap test first: every running node has the right number of members.
+        let counts_match = group.iter().all(|&i| {
+            self.nodes[i]
+                .core
+                .as_ref()
+                .is_none_or(|c| c.members().count() + 1 == count)
+        });
+        if !counts_match {
+            return false;
+        }
         let running: BTreeSet<Node> = group.iter().filter_map(|&i| self.node(i)).collect();
         group.iter().all(|&i| match &self.nodes[i].core {
             None => true,

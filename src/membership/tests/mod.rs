@@ -65,10 +65,8 @@ fn a_thousand_nodes_converge_to_a_full_mesh() {
     let took = sim.run_until(Duration::from_secs(60), Duration::from_millis(100), |s| {
         s.is_full_mesh(&all(n))
     });
-    assert!(
-        took.is_some(),
-        "1,000 nodes did not converge within 60 s of virtual time"
-    );
+    let took = took.expect("1,000 nodes did not converge within 60 s of virtual time");
+    eprintln!("1,000 nodes: full mesh after {took:?} of virtual time, {} events", sim.processed());
     sim.check_invariants().unwrap();
     for i in 0..n {
         assert_eq!(sim.core(i).map(|c| c.members().count()), Some(n - 1));
