@@ -152,7 +152,9 @@ impl Sim {
         let name: NodeName = format!("n{i}@{ip}")
             .parse()
             .unwrap_or_else(|_| unreachable!("valid by construction"));
-        let candidates = vec![Arc::new(PeerSet::new()); topologies.len()];
+        let candidates = (0..topologies.len())
+            .map(|_| Arc::new(PeerSet::new()))
+            .collect();
         self.nodes.push(SimNode {
             name,
             addr,
@@ -543,7 +545,10 @@ impl Sim {
     /// Whether every running node in `group` has exactly the other running nodes of
     /// `group` (current incarnations) as members.
     pub fn is_full_mesh(&self, group: &[usize]) -> bool {
-        let count = group.iter().filter(|&&i| self.nodes[i].core.is_some()).count();
+        let count = group
+            .iter()
+            .filter(|&&i| self.nodes[i].core.is_some())
+            .count();
         // Cheap test first: every running node has the right number of members.
         let counts_match = group.iter().all(|&i| {
             self.nodes[i]

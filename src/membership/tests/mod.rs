@@ -1,5 +1,8 @@
 //! Tests of the membership core, most through the deterministic simulator.
 
+// Index loops read better here: several per-node vectors are walked together.
+#![allow(clippy::needless_range_loop)]
+
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -66,7 +69,10 @@ fn a_thousand_nodes_converge_to_a_full_mesh() {
         s.is_full_mesh(&all(n))
     });
     let took = took.expect("1,000 nodes did not converge within 60 s of virtual time");
-    eprintln!("1,000 nodes: full mesh after {took:?} of virtual time, {} events", sim.processed());
+    eprintln!(
+        "1,000 nodes: full mesh after {took:?} of virtual time, {} events",
+        sim.processed()
+    );
     sim.check_invariants().unwrap();
     for i in 0..n {
         assert_eq!(sim.core(i).map(|c| c.members().count()), Some(n - 1));

@@ -1,0 +1,369 @@
+//! The handshake: hello, proof, refusals.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use rand::RngCore;
+
+use super::*;
+
+impl Core {
+    // ----- handshake -----
+
+    pub(super) fn new_conn(
+        &mut self,
+        now: Instant,
+        target: Option<SocketAddr>,
+        phase: Phase,
+        exchange: bool,
+    ) -> ConnId {
+        self.next_conn += 1;
+        let id = ConnId(self.next_conn);
+        let mut nonce = [0u8; 32];
+        self.rng.fill_bytes(&mut nonce);
+        self.conns.insert(
+            id,
+            Conn {
+                target,
+                phase,
+                opened: now,
+                last_recv: now,
+                nonce,
+                peer: None,
+                exchange,
+                peer_nonce: [0; 32],
+            },
+        );
+        id
+    }
+
+    pub(super) fn send_hello(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let frame = Frame::Hello(Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            name: self.local.name.to_string(),
+            incarnation: self.local.incarnation,
+            addr: self.local.addr,
+            nonce: c.nonce,
+        });
+        self.actions.push_back(Action::Send { conn, frame });
+    }
+
+    pub(super) fn on_hello(&mut self, now: Instant, conn: ConnId, h: Hello) {
+        if h.magic != MAGIC || h.version != PROTOCOL_VERSION {
+            return self.refuse(
+                now,
+                conn,
+                RejectReason::BadVersion,
+                &format!("protocol version {}", h.version),
+            );
+        }
+        let name: NodeName = match h.name.parse() {
+            Ok(n) => n,
+            Err(e) => return self.refuse(now, conn, RejectReason::Protocol, &e.to_string()),
+        };
+        let peer = Node {
+            name: name.clone(),
+            addr: h.addr,
+            incarnation: h.incarnation,
+        };
+        let target = self.conns.get(&conn).and_then(|c| c.target);
+        if let Some(addr) = target
+            && let Some(t) = self.targets.get_mut(&addr)
+        {
+            t.name = Some(name.clone());
+        }
+        if name == self.local.name {
+            return self.refuse(
+                now,
+                conn,
+                RejectReason::NameClash,
+                &format!("{} uses this node's name", h.addr),
+            );
+        }
+        if self.is_pruned(&peer) {
+            return self.refuse(
+                now,
+                conn,
+                RejectReason::Pruned,
+                "pruned by an authoritative topology",
+            );
+        }
+        if self
+            .up
+            .get(&name)
+            .is_some_and(|u| u.node.incarnation == peer.incarnation)
+        {
+            return self.refuse(now, conn, RejectReason::Duplicate, "already connected");
+        }
+        // Simultaneous dials: keep the connection dialled by the node with the smaller name
+        // (both sides apply the same rule, so they keep the same one); between two
+        // connections dialled by the same side, keep the older.
+        let rivals: Vec<ConnId> = self
+            .handshaking
+            .get(&name)
+            .map(|v| v.iter().copied().filter(|c| *c != conn).collect())
+            .unwrap_or_default();
+        let i_win = self.local.name < name;
+        for rival in rivals {
+            let Some(r) = self.conns.get(&rival) else {
+                continue;
+            };
+            if r.peer.as_ref().map(|p| p.incarnation) != Some(peer.incarnation) {
+                continue;
+            }
+            let this_outbound = target.is_some();
+            let rival_outbound = r.target.is_some();
+            let keep_this = if this_outbound == rival_outbound {
+                false
+            } else {
+                this_outbound == i_win
+            };
+            if keep_this {
+                self.refuse(
+                    now,
+                    rival,
+                    RejectReason::Duplicate,
+                    "simultaneous dial lost the tie-break",
+                );
+            } else {
+                return self.refuse(
+                    now,
+                    conn,
+                    RejectReason::Duplicate,
+                    "simultaneous dial lost the tie-break",
+                );
+            }
+        }
+        let exchange =
+            self.conns.get(&conn).is_some_and(|c| c.exchange) || self.in_any_topology(&peer);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.exchange = exchange;
+        let mac = wire::proof_mac(
+            &self.cookie,
+            &ProofSide {
+                name: self.local.name.as_str(),
+                incarnation: self.local.incarnation,
+                nonce: &c.nonce,
+            },
+            &ProofSide {
+                name: &h.name,
+                incarnation: h.incarnation,
+                nonce: &h.nonce,
+            },
+        );
+        c.peer = Some(peer);
+        c.peer_nonce = h.nonce;
+        self.handshaking.entry(name).or_default().push(conn);
+        self.actions.push_back(Action::Send {
+            conn,
+            frame: Frame::Proof { mac, exchange },
+        });
+    }
+
+    pub(super) fn on_proof(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        mac: [u8; 32],
+        peer_exchange: bool,
+    ) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let Some(peer) = c.peer.clone() else {
+            return self.refuse(now, conn, RejectReason::Protocol, "proof before hello");
+        };
+        let peer_nonce = c.peer_nonce;
+        let ok = wire::verify_proof(
+            &self.cookie,
+            &ProofSide {
+                name: peer.name.as_str(),
+                incarnation: peer.incarnation,
+                nonce: &peer_nonce,
+            },
+            &ProofSide {
+                name: self.local.name.as_str(),
+                incarnation: self.local.incarnation,
+                nonce: &c.nonce,
+            },
+            &mac,
+        );
+        if !ok {
+            return self.refuse(
+                now,
+                conn,
+                RejectReason::BadCookie,
+                &format!("{} does not know the cookie", peer.name),
+            );
+        }
+        let exchange = c.exchange || peer_exchange;
+        self.unlist_handshaking(conn, &peer.name);
+        if let Some(old) = self.up.get(&peer.name) {
+            if old.node.incarnation == peer.incarnation {
+                // Lost a race with another connection that completed first.
+                self.count_failure("duplicate");
+                self.close(conn);
+                return;
+            }
+            tracing::info!(peer = %peer.name, "peer restarted: replacing the old incarnation");
+            self.down(now, &peer.name, DownReason::ConnectionClosed);
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.phase = Phase::Established;
+        }
+        // Bookkeeping of the dial targets that lead to this peer.
+        for addr in [
+            self.conns.get(&conn).and_then(|c| c.target),
+            Some(peer.addr),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let Some(t) = self.targets.get_mut(&addr) {
+                if t.dialing == Some(conn) {
+                    t.dialing = None;
+                }
+                if t.warned {
+                    tracing::info!(peer = %peer.name, %addr, "peer reachable again");
+                }
+                t.backoff.reset();
+                t.warned = false;
+                t.name = Some(peer.name.clone());
+            }
+        }
+        if self.in_any_authoritative(&peer) {
+            self.was_authoritative.insert(peer.name.clone());
+        }
+        self.up_by_addr.insert(peer.addr, peer.name.clone());
+        self.digest ^= wire::member_hash(peer.name.as_str(), peer.incarnation);
+        self.up.insert(
+            peer.name.clone(),
+            UpPeer {
+                node: peer.clone(),
+                conn,
+            },
+        );
+        self.stats.nodeups += 1;
+        tracing::info!(peer = %peer, "node up");
+        self.actions.push_back(Action::Emit(Event::NodeUp(peer)));
+        if exchange {
+            let list = self.member_list();
+            self.actions.push_back(Action::Send {
+                conn,
+                frame: Frame::Members(list),
+            });
+        }
+    }
+
+    /// Refuses a connection during the handshake: tells the peer why, closes, counts, logs
+    /// (a warning the first time per peer address and reason, then debug).
+    pub(super) fn refuse(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        reason: RejectReason,
+        detail: &str,
+    ) {
+        let peer = self.conns.get(&conn).and_then(|c| c.peer.clone());
+        self.count_failure(reason.as_str());
+        self.log_refusal(peer.as_ref().map(|p| p.addr), reason, || {
+            format!(
+                "refused peer {}: {} ({detail})",
+                peer.as_ref()
+                    .map(|p| p.name.to_string())
+                    .unwrap_or_else(|| "?".into()),
+                reason.as_str()
+            )
+        });
+        self.actions.push_back(Action::Send {
+            conn,
+            frame: Frame::Reject(reason),
+        });
+        let target = self.close(conn).and_then(|c| c.target);
+        self.after_refusal(now, target, reason);
+    }
+
+    /// After a refused handshake on a connection we dialled: back off (a duplicate only
+    /// waits the initial delay, in case the connection that won fails).
+    pub(super) fn after_refusal(
+        &mut self,
+        now: Instant,
+        target: Option<SocketAddr>,
+        reason: RejectReason,
+    ) {
+        let Some(addr) = target else { return };
+        if reason == RejectReason::Duplicate {
+            if let Some(t) = self.targets.get_mut(&addr) {
+                t.retry_at = now + self.config.reconnect_initial;
+            }
+        } else {
+            self.target_failed(now, addr, reason.as_str());
+        }
+    }
+
+    pub(super) fn rejected_by_peer(&mut self, now: Instant, conn: ConnId, reason: RejectReason) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let peer = c.peer.clone();
+        let target = c.target;
+        if c.phase == Phase::Established {
+            if let Some(p) = &peer {
+                tracing::warn!(peer = %p.name, reason = reason.as_str(), "peer cut the connection");
+                self.down(now, &p.name, DownReason::ConnectionClosed);
+            }
+            self.close(conn);
+            return;
+        }
+        self.count_failure(reason.as_str());
+        let addr = peer.as_ref().map(|p| p.addr).or(target);
+        self.log_refusal(addr, reason, || {
+            format!(
+                "peer {} refused this node: {}",
+                peer.as_ref()
+                    .map(|p| p.name.to_string())
+                    .or(addr.map(|a| a.to_string()))
+                    .unwrap_or_default(),
+                reason.as_str()
+            )
+        });
+        let target = self.close(conn).and_then(|c| c.target);
+        self.after_refusal(now, target, reason);
+    }
+
+    pub(super) fn log_refusal(
+        &mut self,
+        addr: Option<SocketAddr>,
+        reason: RejectReason,
+        msg: impl FnOnce() -> String,
+    ) {
+        if reason == RejectReason::Duplicate {
+            tracing::debug!("{}", msg());
+            return;
+        }
+        let first = match addr {
+            Some(a) => {
+                if self.refusals_warned.len() > 4096 {
+                    self.refusals_warned.clear();
+                }
+                self.refusals_warned.insert((a.ip(), reason))
+            }
+            None => true,
+        };
+        if first {
+            tracing::warn!("{}", msg());
+        } else {
+            tracing::debug!("{}", msg());
+        }
+    }
+
+    pub(super) fn count_failure(&mut self, reason: &'static str) {
+        *self.stats.handshake_failures.entry(reason).or_default() += 1;
+    }
+}
