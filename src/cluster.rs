@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -11,6 +12,7 @@ use crate::cookie::{Cookie, CookieError};
 use crate::events::{Bus, Snapshot, Subscription};
 use crate::membership::{self, Stats};
 use crate::node::{NameError, Node, NodeName};
+use crate::pubsub::{Message, Registry, TopicSubscription};
 use crate::strategies::{Context, Strategy, TopologyStatus};
 
 /// Why a cluster could not start.
@@ -230,7 +232,8 @@ impl Builder {
                 status: handle.status,
             });
         }
-        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+        let pubsub = Arc::new(Registry::new(self.event_capacity));
         let task = tokio::spawn(membership::driver::run(membership::driver::Params {
             local: local.clone(),
             cookie,
@@ -240,6 +243,7 @@ impl Builder {
             bus: bus.clone(),
             commands: cmd_rx,
             stats: stats_tx,
+            pubsub: pubsub.clone(),
         }));
         tracing::info!(node = %local, "cluster node started");
         Ok(Cluster {
@@ -247,6 +251,7 @@ impl Builder {
             bus,
             commands: cmd_tx,
             stats: stats_rx,
+            pubsub,
             topologies: statuses,
             task: tokio::sync::Mutex::new(Some(task)),
             strategy_tasks: std::sync::Mutex::new(strategy_tasks),
@@ -270,6 +275,30 @@ fn default_advertise_ip(bound: IpAddr, name: &NodeName) -> Option<IpAddr> {
 pub(crate) enum Command {
     /// Announce leave to every peer, close the connections, and stop.
     Shutdown(tokio::sync::oneshot::Sender<()>),
+    /// Send a pub/sub message to every member; answers how many.
+    Publish {
+        topic: String,
+        payload: Bytes,
+        done: tokio::sync::oneshot::Sender<usize>,
+    },
+    /// Send a pub/sub message to one member; answers whether it is up.
+    SendTo {
+        to: NodeName,
+        topic: String,
+        payload: Bytes,
+        done: tokio::sync::oneshot::Sender<bool>,
+    },
+}
+
+/// Why a pub/sub message could not be sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The node is not a member (not up) now; nothing was sent.
+    #[error("{0} is not a member")]
+    NotMember(NodeName),
+    /// The cluster has shut down; nothing was sent.
+    #[error("the cluster has shut down")]
+    Stopped,
 }
 
 /// A running cluster node. Cheap to share behind an `Arc`; every method takes `&self`.
@@ -278,6 +307,7 @@ pub struct Cluster {
     bus: Arc<Bus>,
     commands: mpsc::Sender<Command>,
     stats: watch::Receiver<Stats>,
+    pubsub: Arc<Registry>,
     topologies: Vec<(String, watch::Receiver<TopologyStatus>)>,
     task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
     strategy_tasks: std::sync::Mutex<Vec<(tokio_util::sync::CancellationToken, JoinHandle<()>)>>,
@@ -331,6 +361,71 @@ impl Cluster {
     /// A `watch` of the membership's counters: changes whenever one does.
     pub fn stats_watch(&self) -> watch::Receiver<Stats> {
         self.stats.clone()
+    }
+
+    /// Subscribes to a pub/sub topic on this node (see [`crate::pubsub`]).
+    pub fn topic(&self, topic: &str) -> TopicSubscription {
+        self.pubsub.subscribe(topic)
+    }
+
+    /// Sends a message to every member and to this node's own subscribers of the topic.
+    /// Returns how many members it was queued for. At most once (see [`crate::pubsub`]).
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<usize, SendError> {
+        let payload = payload.into();
+        let (done, rx) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(Command::Publish {
+                topic: topic.to_owned(),
+                payload: payload.clone(),
+                done,
+            })
+            .await
+            .map_err(|_| SendError::Stopped)?;
+        let n = rx.await.map_err(|_| SendError::Stopped)?;
+        self.pubsub.deliver(Message {
+            from: self.local.clone(),
+            topic: topic.to_owned(),
+            payload,
+        });
+        Ok(n)
+    }
+
+    /// Sends a message to one member (or to this node's own subscribers, when `to` is
+    /// this node). At most once (see [`crate::pubsub`]).
+    pub async fn send(
+        &self,
+        to: &NodeName,
+        topic: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), SendError> {
+        let payload = payload.into();
+        if *to == self.local.name {
+            self.pubsub.deliver(Message {
+                from: self.local.clone(),
+                topic: topic.to_owned(),
+                payload,
+            });
+            return Ok(());
+        }
+        let (done, rx) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(Command::SendTo {
+                to: to.clone(),
+                topic: topic.to_owned(),
+                payload,
+                done,
+            })
+            .await
+            .map_err(|_| SendError::Stopped)?;
+        match rx.await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(SendError::NotMember(to.clone())),
+            Err(_) => Err(SendError::Stopped),
+        }
     }
 
     /// Leaves the cluster: stops the strategies, tells every peer that this node is

@@ -37,6 +37,7 @@
 //! - [`membership`]: the sans-IO core, the wire format, the tokio driver, the simulator.
 //! - [`events`]: [`Event`], [`DownReason`], [`Subscription`].
 //! - [`cluster`]: [`Cluster`] and its builder.
+//! - [`pubsub`]: messages between members over the peer connections.
 //! - `config` and `daemon` (feature `daemon`): the `rallypoint` binary's parts.
 
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
@@ -51,12 +52,14 @@ pub mod events;
 pub mod membership;
 pub mod netutil;
 pub mod node;
+pub mod pubsub;
 pub mod strategies;
 
-pub use cluster::{Builder, Cluster, Error, TopologyOptions};
+pub use cluster::{Builder, Cluster, Error, SendError, TopologyOptions};
 pub use cookie::Cookie;
 pub use events::{DownReason, Event, Snapshot, Subscription, Update};
 pub use node::{Node, NodeName};
+pub use pubsub::{Message, TopicError, TopicSubscription};
 
 /// The default UDP multicast group of the gossip strategy.
 pub const DEFAULT_GOSSIP_GROUP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(230, 1, 1, 251);

@@ -134,7 +134,7 @@ async fn wrong_cookie_never_joins() {
 }
 
 #[tokio::test]
-async fn dropped_node_times_out_and_restart_is_a_new_incarnation() {
+async fn a_dropped_node_is_down_and_its_restart_is_a_new_incarnation() {
     let a = node("a", "k", vec![]).await;
     let a_addr = a.local().addr.to_string();
     let b = node("b", "k", vec![a_addr.clone()]).await;
@@ -205,4 +205,51 @@ async fn garbage_on_the_cluster_port_disturbs_nothing() {
     );
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[tokio::test]
+async fn pubsub_reaches_every_member_and_one_member() {
+    let a = node("a", "k", vec![]).await;
+    let b = node("b", "k", vec![a.local().addr.to_string()]).await;
+    let c = node("c", "k", vec![a.local().addr.to_string()]).await;
+    wait_members(&a, &["b", "c"]).await;
+    let mut tb = b.topic("news");
+    let mut tc = c.topic("news");
+    let mut ta = a.topic("news");
+    assert_eq!(a.publish("news", &b"hello"[..]).await.unwrap(), 2);
+    for t in [&mut ta, &mut tb, &mut tc] {
+        let m = tokio::time::timeout(DEADLINE, t.recv())
+            .await
+            .expect("delivered")
+            .unwrap();
+        assert_eq!(m.from.name.as_str(), "a@127.0.0.1");
+        assert_eq!(&m.payload[..], b"hello");
+    }
+    a.send(&b.local().name, "news", &b"only b"[..])
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(DEADLINE, tb.recv())
+        .await
+        .expect("delivered")
+        .unwrap();
+    assert_eq!(&m.payload[..], b"only b");
+    let stranger: rallypoint::NodeName = "z@127.0.0.1".parse().unwrap();
+    assert_eq!(
+        a.send(&stranger, "news", &b"x"[..]).await,
+        Err(rallypoint::SendError::NotMember(stranger))
+    );
+    // Order per sender is kept.
+    for i in 0..100u32 {
+        a.publish("news", i.to_be_bytes().to_vec()).await.unwrap();
+    }
+    for i in 0..100u32 {
+        let m = tokio::time::timeout(DEADLINE, tc.recv())
+            .await
+            .expect("delivered")
+            .unwrap();
+        assert_eq!(&m.payload[..], &i.to_be_bytes()[..]);
+    }
+    for n in [a, b, c] {
+        n.shutdown().await;
+    }
 }

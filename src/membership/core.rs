@@ -84,6 +84,15 @@ pub enum Action {
     },
     /// Publish a membership event.
     Emit(Event),
+    /// Hand a pub/sub message from a peer to the local subscribers of its topic.
+    Deliver {
+        /// The peer that sent it.
+        from: Node,
+        /// The topic.
+        topic: String,
+        /// The payload.
+        payload: Vec<u8>,
+    },
 }
 
 /// How a topology takes part in membership.
@@ -249,6 +258,37 @@ impl Core {
     /// How many connections the core tracks (dialling, handshaking, established).
     pub fn connection_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Queues a pub/sub message to one peer. Returns `false` (and sends nothing) when the
+    /// peer is not up.
+    pub fn send_message(&mut self, to: &NodeName, topic: &str, payload: &[u8]) -> bool {
+        let Some(u) = self.up.get(to) else {
+            return false;
+        };
+        self.actions.push_back(Action::Send {
+            conn: u.conn,
+            frame: Frame::Message {
+                topic: topic.to_owned(),
+                payload: payload.to_vec(),
+            },
+        });
+        true
+    }
+
+    /// Queues a pub/sub message to every peer that is up. Returns how many.
+    pub fn publish(&mut self, topic: &str, payload: &[u8]) -> usize {
+        let conns: Vec<ConnId> = self.up.values().map(|u| u.conn).collect();
+        for conn in &conns {
+            self.actions.push_back(Action::Send {
+                conn: *conn,
+                frame: Frame::Message {
+                    topic: topic.to_owned(),
+                    payload: payload.to_vec(),
+                },
+            });
+        }
+        conns.len()
     }
 
     /// The established connection to the named peer, if it is up.
@@ -448,7 +488,15 @@ impl Core {
                 }
                 self.close(conn);
             }
-            (Phase::Established, Frame::Message { .. }) => {}
+            (Phase::Established, Frame::Message { topic, payload }) => {
+                if let Some(from) = c.peer.clone() {
+                    self.actions.push_back(Action::Deliver {
+                        from,
+                        topic,
+                        payload,
+                    });
+                }
+            }
             (phase, frame) => {
                 let kind = frame_kind(&frame);
                 if phase == Phase::Established {

@@ -26,6 +26,7 @@ use crate::cluster::Command;
 use crate::cookie::Cookie;
 use crate::events::Bus;
 use crate::node::Node;
+use crate::pubsub::{Message, Registry};
 use crate::strategies::TopologyStatus;
 
 /// How many frames may wait for one peer's socket before the peer counts as too slow
@@ -50,6 +51,7 @@ pub(crate) struct Params {
     pub bus: Arc<Bus>,
     pub commands: mpsc::Receiver<Command>,
     pub stats: watch::Sender<Stats>,
+    pub pubsub: Arc<Registry>,
 }
 
 /// What connection tasks tell the owner.
@@ -72,6 +74,8 @@ struct Driver {
     config: Config,
     bus: Arc<Bus>,
     stats: watch::Sender<Stats>,
+    pubsub: Arc<Registry>,
+    messages_dropped: u64,
     net_tx: mpsc::UnboundedSender<NetEvent>,
     conns: HashMap<ConnId, ConnIo>,
     closing: Vec<JoinHandle<()>>,
@@ -88,6 +92,7 @@ pub(crate) async fn run(p: Params) {
         bus,
         mut commands,
         stats,
+        pubsub,
     } = p;
     let infos = topologies
         .iter()
@@ -111,6 +116,8 @@ pub(crate) async fn run(p: Params) {
         config,
         bus,
         stats,
+        pubsub,
+        messages_dropped: 0,
         net_tx,
         conns: HashMap::new(),
         closing: Vec::new(),
@@ -126,12 +133,23 @@ pub(crate) async fn run(p: Params) {
         tokio::select! {
             cmd = commands.recv() => {
                 match cmd {
+                    Some(Command::Publish { topic, payload, done }) => {
+                        let n = d.core.publish(&topic, &payload);
+                        let _ = done.send(n);
+                        continue;
+                    }
+                    Some(Command::SendTo { to, topic, payload, done }) => {
+                        let ok = d.core.send_message(&to, &topic, &payload);
+                        let _ = done.send(ok);
+                        continue;
+                    }
                     Some(Command::Shutdown(done)) => {
                         d.shutdown().await;
                         let _ = done.send(());
                     }
                     None => d.shutdown().await,
                 }
+                d.pubsub.close();
                 return;
             }
             ev = net_rx.recv() => {
@@ -213,6 +231,13 @@ impl Driver {
                     let Some(io) = self.conns.get(&conn) else {
                         continue;
                     };
+                    if matches!(frame, Frame::Message { .. })
+                        && io.writer.capacity() < WRITE_QUEUE / 4
+                    {
+                        // At-most-once pub/sub: shed messages before membership frames.
+                        self.messages_dropped += 1;
+                        continue;
+                    }
                     let bytes = Bytes::from(wire::encode(&frame));
                     if io.writer.try_send(bytes).is_err() {
                         // The peer does not read: cut it rather than queue without bound.
@@ -226,9 +251,22 @@ impl Driver {
                 }
                 Action::Close { conn } => self.drop_conn(conn),
                 Action::Emit(event) => self.bus.publish(event, SystemTime::now()),
+                Action::Deliver {
+                    from,
+                    topic,
+                    payload,
+                } => {
+                    self.pubsub.deliver(Message {
+                        from,
+                        topic,
+                        payload: Bytes::from(payload),
+                    });
+                }
             }
         }
-        let s = self.core.stats();
+        let mut s = self.core.stats().clone();
+        s.messages_dropped = self.messages_dropped;
+        let s = &s;
         self.stats.send_if_modified(|cur| {
             if cur != s {
                 *cur = s.clone();

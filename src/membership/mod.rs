@@ -149,4 +149,6 @@ pub struct Stats {
     pub nodeups: u64,
     /// `NodeDown` events emitted.
     pub nodedowns: u64,
+    /// Pub/sub messages not sent because the peer's write queue was too full.
+    pub messages_dropped: u64,
 }

@@ -122,6 +122,7 @@ pub struct Sim {
     last_delivery: HashMap<End, Instant>,
     events: Vec<Vec<(Instant, u64, Event)>>,
     processed: u64,
+    delivered: u64,
 }
 
 impl Sim {
@@ -141,6 +142,7 @@ impl Sim {
             last_delivery: HashMap::new(),
             events: Vec::new(),
             processed: 0,
+            delivered: 0,
         }
     }
 
@@ -194,6 +196,21 @@ impl Sim {
     /// How many scheduled events were processed so far.
     pub fn processed(&self) -> u64 {
         self.processed
+    }
+
+    /// How many pub/sub messages were delivered to nodes so far.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    /// Node `i` publishes a pub/sub message to every member; returns how many.
+    pub fn publish(&mut self, i: usize, topic: &str, payload: &[u8]) -> usize {
+        let Some(core) = self.nodes[i].core.as_mut() else {
+            return 0;
+        };
+        let n = core.publish(topic, payload);
+        self.after_input(i);
+        n
     }
 
     /// The running instance of node `i`, if it runs.
@@ -513,6 +530,7 @@ impl Sim {
                     self.schedule(at, Ev::Frame(peer, frame));
                 }
                 Action::Close { conn } => self.close_end((i, epoch, conn)),
+                Action::Deliver { .. } => self.delivered += 1,
                 Action::Emit(e) => {
                     let inc = self.nodes[i].incarnation;
                     self.events[i].push((self.now, inc, e));
