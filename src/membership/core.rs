@@ -140,6 +140,8 @@ struct Target {
     backoff: Backoff,
     /// Whether the current run of failures was already logged as a warning.
     warned: bool,
+    /// The address turned out to be this node's own.
+    is_self: bool,
 }
 
 #[derive(Debug)]
@@ -621,6 +623,7 @@ fn new_target(config: &Config, now: Instant) -> Target {
         retry_at: now,
         backoff: Backoff::new(config.reconnect_initial, config.reconnect_max),
         warned: false,
+        is_self: false,
     }
 }
 

@@ -76,6 +76,18 @@ impl Core {
         {
             t.name = Some(name.clone());
         }
+        if name == self.local.name && h.incarnation == self.local.incarnation {
+            // A strategy listed one of this node's own addresses: it dialled itself. Never
+            // dial that address again, and make no noise about it.
+            tracing::debug!(addr = ?target, "dialled itself; ignoring that address");
+            if let Some(addr) = target
+                && let Some(t) = self.targets.get_mut(&addr)
+            {
+                t.is_self = true;
+            }
+            self.close(conn);
+            return;
+        }
         if name == self.local.name {
             return self.refuse(
                 now,

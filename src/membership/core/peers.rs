@@ -99,7 +99,8 @@ impl Core {
         let Some(t) = self.targets.get(&addr) else {
             return;
         };
-        if t.dialing.is_some()
+        if t.is_self
+            || t.dialing.is_some()
             || t.retry_at > now
             || (t.topologies.is_empty() && t.learned.is_none())
         {

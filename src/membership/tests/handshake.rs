@@ -224,3 +224,54 @@ proptest! {
         let _ = ConnId(0);
     }
 }
+
+#[test]
+fn a_node_that_dials_itself_stops_quietly() {
+    use std::sync::Arc;
+    let now = Instant::now();
+    let local = Node {
+        name: "a@h".parse().unwrap(),
+        addr: "10.0.0.1:45893".parse().unwrap(),
+        incarnation: 1,
+    };
+    let topo = crate::membership::core::TopologyInfo {
+        authoritative: false,
+        prune_after: Duration::from_secs(30),
+    };
+    let mut c = Core::new(
+        local,
+        Cookie::new("secret"),
+        Config::default(),
+        vec![topo],
+        7,
+        now,
+    );
+    // Another address of this same node (say 127.0.0.1 while it advertises 10.0.0.1).
+    let other: std::net::SocketAddr = "127.0.0.1:45893".parse().unwrap();
+    c.handle_candidates(
+        now,
+        0,
+        Arc::new([crate::strategies::Peer::new(other)].into()),
+    );
+    let acts = drain(&mut c);
+    let Some(Action::Connect { conn, .. }) = acts.first().cloned() else {
+        panic!("{acts:?}")
+    };
+    c.handle_connected(now, conn);
+    let ours = sent_hello(&drain(&mut c));
+    c.handle_frame(now, conn, Frame::Hello(ours));
+    let acts = drain(&mut c);
+    assert_eq!(rejected(&acts), None);
+    assert!(c.stats().handshake_failures.is_empty());
+    // Never dialled again.
+    let mut t = now;
+    for _ in 0..100 {
+        t = c.poll_timeout().unwrap();
+        c.handle_timeout(t);
+        assert!(
+            !drain(&mut c)
+                .iter()
+                .any(|a| matches!(a, Action::Connect { .. }))
+        );
+    }
+}
