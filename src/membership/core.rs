@@ -147,7 +147,11 @@ struct Target {
 #[derive(Debug)]
 struct UpPeer {
     node: Node,
-    conn: ConnId,
+    /// The one established connection to it; `None` for a moment while the peer moves
+    /// the pair onto another connection (see `on_duplicate_cut`).
+    conn: Option<ConnId>,
+    /// With `conn == None`: when the peer counts as down if no connection took over.
+    transfer_until: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -265,11 +269,11 @@ impl Core {
     /// Queues a pub/sub message to one peer. Returns `false` (and sends nothing) when the
     /// peer is not up.
     pub fn send_message(&mut self, to: &NodeName, topic: &str, payload: &[u8]) -> bool {
-        let Some(u) = self.up.get(to) else {
+        let Some(conn) = self.up.get(to).and_then(|u| u.conn) else {
             return false;
         };
         self.actions.push_back(Action::Send {
-            conn: u.conn,
+            conn,
             frame: Frame::Message {
                 topic: topic.to_owned(),
                 payload: payload.to_vec(),
@@ -280,7 +284,7 @@ impl Core {
 
     /// Queues a pub/sub message to every peer that is up. Returns how many.
     pub fn publish(&mut self, topic: &str, payload: &[u8]) -> usize {
-        let conns: Vec<ConnId> = self.up.values().map(|u| u.conn).collect();
+        let conns: Vec<ConnId> = self.up.values().filter_map(|u| u.conn).collect();
         for conn in &conns {
             self.actions.push_back(Action::Send {
                 conn: *conn,
@@ -295,7 +299,7 @@ impl Core {
 
     /// The established connection to the named peer, if it is up.
     pub fn connection_of(&self, name: &NodeName) -> Option<ConnId> {
-        self.up.get(name).map(|u| u.conn)
+        self.up.get(name).and_then(|u| u.conn)
     }
 
     // ----- outputs -----
@@ -566,6 +570,15 @@ impl Core {
                 }
             }
         }
+        let stranded: Vec<NodeName> = self
+            .up
+            .iter()
+            .filter(|(_, u)| u.conn.is_none() && u.transfer_until.is_some_and(|t| now >= t))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in stranded {
+            self.down(now, &name, DownReason::ConnectionClosed);
+        }
         self.check_pruning(now);
         self.expire(now);
         if now >= self.next_sync {
@@ -573,9 +586,9 @@ impl Core {
             self.next_sync = now + self.config.sync_interval.mul_f64(jitter);
             if !self.up.is_empty() {
                 let i = self.rng.gen_range(0..self.up.len());
-                if let Some(u) = self.up.values().nth(i) {
+                if let Some(conn) = self.up.values().nth(i).and_then(|u| u.conn) {
                     self.actions.push_back(Action::Send {
-                        conn: u.conn,
+                        conn,
                         frame: Frame::Sync {
                             digest: self.digest,
                             reply: false,

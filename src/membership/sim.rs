@@ -38,6 +38,9 @@ pub struct SimConfig {
     pub loss: f64,
     /// Delay added per retransmission.
     pub rto: Duration,
+    /// Up to this much extra delay, at random, per frame and per connection set-up (the
+    /// frames of one connection stay in order).
+    pub jitter: Duration,
     /// Seed of everything random in the run.
     pub seed: u64,
     /// The membership configuration of every node.
@@ -50,6 +53,7 @@ impl Default for SimConfig {
             latency: Duration::from_millis(1),
             loss: 0.0,
             rto: Duration::from_millis(200),
+            jitter: Duration::ZERO,
             seed: 1,
             membership: Config::default(),
         }
@@ -331,6 +335,13 @@ impl Sim {
         self.cfg.loss = loss.clamp(0.0, 0.99);
     }
 
+    fn jitter(&mut self) -> Duration {
+        if self.cfg.jitter.is_zero() {
+            return Duration::ZERO;
+        }
+        self.cfg.jitter.mul_f64(self.rng.gen_range(0.0..1.0))
+    }
+
     fn is_cut(&self, a: usize, b: usize) -> bool {
         self.cut.contains(&(a.min(b), a.max(b)))
     }
@@ -485,7 +496,7 @@ impl Sim {
                     match self.by_addr.get(&addr).copied() {
                         Some(j) if !self.is_cut(i, j) => {
                             if self.nodes[j].core.is_some() {
-                                let at = self.now + self.cfg.latency;
+                                let at = self.now + self.cfg.latency + self.jitter();
                                 let jepoch = self.nodes[j].epoch;
                                 self.schedule(
                                     at,
@@ -520,7 +531,7 @@ impl Sim {
                     if self.is_cut(i, peer.0) {
                         continue;
                     }
-                    let mut at = self.now + self.cfg.latency;
+                    let mut at = self.now + self.cfg.latency + self.jitter();
                     while self.cfg.loss > 0.0 && self.rng.gen_bool(self.cfg.loss) {
                         at += self.cfg.rto;
                     }

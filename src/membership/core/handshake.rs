@@ -104,58 +104,59 @@ impl Core {
                 "pruned by an authoritative topology",
             );
         }
-        if self
-            .up
-            .get(&name)
-            .is_some_and(|u| u.node.incarnation == peer.incarnation)
-        {
-            return self.refuse(now, conn, RejectReason::Duplicate, "already connected");
-        }
-        // Simultaneous dials: keep the connection dialled by the node with the smaller name
-        // (both sides apply the same rule, so they keep the same one); between two
-        // connections dialled by the same side, keep the older.
-        let rivals: Vec<ConnId> = self
-            .handshaking
-            .get(&name)
-            .map(|v| v.iter().copied().filter(|c| *c != conn).collect())
-            .unwrap_or_default();
-        let i_win = self.local.name < name;
-        for rival in rivals {
-            let Some(r) = self.conns.get(&rival) else {
-                continue;
-            };
-            if r.peer.as_ref().map(|p| p.incarnation) != Some(peer.incarnation) {
-                continue;
-            }
-            let this_outbound = target.is_some();
-            let rival_outbound = r.target.is_some();
-            let keep_this = if this_outbound == rival_outbound {
-                false
-            } else {
-                this_outbound == i_win
-            };
-            if keep_this {
-                self.refuse(
-                    now,
-                    rival,
-                    RejectReason::Duplicate,
-                    "simultaneous dial lost the tie-break",
-                );
-            } else {
-                return self.refuse(
-                    now,
-                    conn,
-                    RejectReason::Duplicate,
-                    "simultaneous dial lost the tie-break",
-                );
-            }
-        }
         let exchange =
             self.conns.get(&conn).is_some_and(|c| c.exchange) || self.in_any_topology(&peer);
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         c.exchange = exchange;
+        c.peer = Some(peer.clone());
+        c.peer_nonce = h.nonce;
+        // Two connections between the same pair (simultaneous dials, a redial): both sides
+        // keep the one with the smaller key (dialler's name, dialler's nonce), which both
+        // know. A rival still handshaking is refused now; an established one is only
+        // replaced once this connection has proven itself (in `on_proof`).
+        let mine = self.conn_key(conn);
+        let mut rivals: Vec<ConnId> = self.handshaking.get(&name).cloned().unwrap_or_default();
+        if let Some(u) = self.up.get(&name)
+            && u.node.incarnation == peer.incarnation
+            && let Some(e) = u.conn
+        {
+            rivals.push(e);
+        }
+        for rival in rivals {
+            let same_instance = self
+                .conns
+                .get(&rival)
+                .and_then(|r| r.peer.as_ref())
+                .is_some_and(|p| p.incarnation == peer.incarnation);
+            if rival == conn || !same_instance {
+                continue;
+            }
+            if self.conn_key(rival) < mine {
+                return self.refuse(
+                    now,
+                    conn,
+                    RejectReason::Duplicate,
+                    "a connection to this peer exists",
+                );
+            }
+            if self
+                .conns
+                .get(&rival)
+                .is_some_and(|r| r.phase == Phase::Handshake)
+            {
+                self.refuse(
+                    now,
+                    rival,
+                    RejectReason::Duplicate,
+                    "superseded by a simultaneous dial",
+                );
+            }
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         let mac = wire::proof_mac(
             &self.cookie,
             &ProofSide {
@@ -169,8 +170,6 @@ impl Core {
                 nonce: &h.nonce,
             },
         );
-        c.peer = Some(peer);
-        c.peer_nonce = h.nonce;
         self.handshaking.entry(name).or_default().push(conn);
         self.actions.push_back(Action::Send {
             conn,
@@ -216,15 +215,34 @@ impl Core {
         }
         let exchange = c.exchange || peer_exchange;
         self.unlist_handshaking(conn, &peer.name);
+        let mut already_up = false;
         if let Some(old) = self.up.get(&peer.name) {
             if old.node.incarnation == peer.incarnation {
-                // Lost a race with another connection that completed first.
-                self.count_failure("duplicate");
-                self.close(conn);
-                return;
+                // The same instance over a second connection: keep one, silently.
+                match old.conn {
+                    Some(e) if self.conn_key(e) < self.conn_key(conn) => {
+                        self.count_failure("duplicate");
+                        self.actions.push_back(Action::Send {
+                            conn,
+                            frame: Frame::Reject(RejectReason::Duplicate),
+                        });
+                        self.close(conn);
+                        return;
+                    }
+                    Some(e) => {
+                        self.actions.push_back(Action::Send {
+                            conn: e,
+                            frame: Frame::Reject(RejectReason::Duplicate),
+                        });
+                        self.close(e);
+                    }
+                    None => {}
+                }
+                already_up = true;
+            } else {
+                tracing::info!(peer = %peer.name, "peer restarted: replacing the old incarnation");
+                self.down(now, &peer.name, DownReason::ConnectionClosed);
             }
-            tracing::info!(peer = %peer.name, "peer restarted: replacing the old incarnation");
-            self.down(now, &peer.name, DownReason::ConnectionClosed);
         }
         if let Some(c) = self.conns.get_mut(&conn) {
             c.phase = Phase::Established;
@@ -252,13 +270,22 @@ impl Core {
         if self.in_any_authoritative(&peer) {
             self.was_authoritative.insert(peer.name.clone());
         }
+        if already_up {
+            if let Some(u) = self.up.get_mut(&peer.name) {
+                u.conn = Some(conn);
+                u.transfer_until = None;
+            }
+            tracing::debug!(peer = %peer.name, "moved to another connection");
+            return;
+        }
         self.up_by_addr.insert(peer.addr, peer.name.clone());
         self.digest ^= wire::member_hash(peer.name.as_str(), peer.incarnation);
         self.up.insert(
             peer.name.clone(),
             UpPeer {
                 node: peer.clone(),
-                conn,
+                conn: Some(conn),
+                transfer_until: None,
             },
         );
         self.stats.nodeups += 1;
@@ -271,6 +298,31 @@ impl Core {
                 frame: Frame::Members(list),
             });
         }
+    }
+
+    /// The peer closed our established connection because another connection between
+    /// us won the tie-break. The peer stays up while that connection completes its
+    /// handshake here; if none does within the handshake timeout, it is down.
+    fn on_duplicate_cut(&mut self, now: Instant, conn: ConnId, peer: &Node) {
+        self.close(conn);
+        if let Some(u) = self.up.get_mut(&peer.name)
+            && u.conn == Some(conn)
+        {
+            u.conn = None;
+            u.transfer_until = Some(now + self.config.handshake_timeout);
+        }
+    }
+
+    /// The order both sides agree on between two connections of the same pair: the
+    /// dialler's name, then the dialler's nonce. Smaller wins.
+    fn conn_key(&self, conn: ConnId) -> Option<(NodeName, [u8; 32])> {
+        let c = self.conns.get(&conn)?;
+        let peer = c.peer.as_ref()?;
+        Some(if c.target.is_some() {
+            (self.local.name.clone(), c.nonce)
+        } else {
+            (peer.name.clone(), c.peer_nonce)
+        })
     }
 
     /// Refuses a connection during the handshake: tells the peer why, closes, counts, logs
@@ -327,6 +379,9 @@ impl Core {
         let target = c.target;
         if c.phase == Phase::Established {
             if let Some(p) = &peer {
+                if reason == RejectReason::Duplicate {
+                    return self.on_duplicate_cut(now, conn, p);
+                }
                 tracing::warn!(peer = %p.name, reason = reason.as_str(), "peer cut the connection");
                 self.down(now, &p.name, DownReason::ConnectionClosed);
             }

@@ -27,8 +27,8 @@ impl Core {
             node: u.node.clone(),
             reason,
         }));
-        if self.conns.contains_key(&u.conn) {
-            self.close(u.conn);
+        if let Some(conn) = u.conn {
+            self.close(conn);
         }
         // Redial after the initial backoff (not at once: a peer that just died is likely
         // still unreachable).

@@ -80,6 +80,63 @@ fn a_thousand_nodes_converge_to_a_full_mesh() {
 }
 
 #[test]
+fn simultaneous_dials_keep_one_connection_without_flapping() {
+    // Everyone knows everyone and dials at once, with jittery latency: every pair races.
+    let n = 30;
+    for seed in 0..5 {
+        let mut sim = Sim::new(SimConfig {
+            seed,
+            jitter: Duration::from_millis(5),
+            ..SimConfig::default()
+        });
+        for _ in 0..n {
+            sim.add_node("c", static_topology());
+        }
+        for i in 0..n {
+            let others: Vec<usize> = (0..n).filter(|j| *j != i).collect();
+            sim.set_candidates(i, 0, &others);
+        }
+        for i in 0..n {
+            sim.start(i);
+        }
+        let took = sim.run_until(Duration::from_secs(30), Duration::from_millis(10), |s| {
+            s.is_full_mesh(&all(n))
+        });
+        assert!(took.is_some(), "seed {seed}: no full mesh");
+        sim.run_for(Duration::from_secs(10), u64::MAX);
+        let races: u64 = (0..n)
+            .map(|i| {
+                sim.core(i)
+                    .unwrap()
+                    .stats()
+                    .handshake_failures
+                    .get("duplicate")
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .sum();
+        assert!(
+            races > 0,
+            "seed {seed}: no simultaneous dials happened; the test tests nothing"
+        );
+        for i in 0..n {
+            let downs = sim
+                .events(i)
+                .iter()
+                .filter(|(_, _, e)| matches!(e, Event::NodeDown { .. }))
+                .count();
+            assert_eq!(downs, 0, "seed {seed}: node {i} saw a peer flap");
+            assert_eq!(
+                sim.core(i).unwrap().connection_count(),
+                n - 1,
+                "seed {seed}: node {i} keeps extra connections"
+            );
+        }
+        sim.check_invariants().unwrap();
+    }
+}
+
+#[test]
 fn a_partition_gives_each_half_the_right_downs_and_heals() {
     let n = 10;
     let mut sim = seeded_cluster(n, SimConfig::default());
@@ -339,7 +396,7 @@ proptest! {
         seed in any::<u64>(),
         faults in proptest::collection::vec(fault(6), 1..25),
     ) {
-        let mut sim = seeded_cluster(n, SimConfig { seed, ..SimConfig::default() });
+        let mut sim = seeded_cluster(n, SimConfig { seed, jitter: Duration::from_millis(3), ..SimConfig::default() });
         // Everyone knows everyone (as with gossip), so any two survivors can meet again.
         for i in 0..n {
             let others: Vec<usize> = (0..n).filter(|j| *j != i).collect();
