@@ -551,7 +551,8 @@ impl Sim {
     }
 
     fn close_end(&mut self, me: End) {
-        self.last_delivery.remove(&me);
+        // The close (FIN) follows the frames already sent on this connection.
+        let last = self.last_delivery.remove(&me);
         self.orphans.remove(&me);
         let Some(peer) = self.pairs.remove(&me) else {
             return;
@@ -561,12 +562,7 @@ impl Sim {
             self.orphans.insert(peer);
         } else {
             let base = self.now + self.cfg.latency;
-            let at = self
-                .last_delivery
-                .get(&me)
-                .copied()
-                .unwrap_or(base)
-                .max(base);
+            let at = last.unwrap_or(base).max(base);
             self.schedule(at, Ev::Closed(peer));
         }
     }

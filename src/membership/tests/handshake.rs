@@ -264,9 +264,8 @@ fn a_node_that_dials_itself_stops_quietly() {
     assert_eq!(rejected(&acts), None);
     assert!(c.stats().handshake_failures.is_empty());
     // Never dialled again.
-    let mut t = now;
     for _ in 0..100 {
-        t = c.poll_timeout().unwrap();
+        let t = c.poll_timeout().unwrap();
         c.handle_timeout(t);
         assert!(
             !drain(&mut c)

@@ -92,12 +92,13 @@ fn simultaneous_dials_keep_one_connection_without_flapping() {
         for _ in 0..n {
             sim.add_node("c", static_topology());
         }
+        // All running first, then everyone learns of everyone at the same instant.
+        for i in 0..n {
+            sim.start(i);
+        }
         for i in 0..n {
             let others: Vec<usize> = (0..n).filter(|j| *j != i).collect();
             sim.set_candidates(i, 0, &others);
-        }
-        for i in 0..n {
-            sim.start(i);
         }
         let took = sim.run_until(Duration::from_secs(30), Duration::from_millis(10), |s| {
             s.is_full_mesh(&all(n))
@@ -125,7 +126,15 @@ fn simultaneous_dials_keep_one_connection_without_flapping() {
                 .iter()
                 .filter(|(_, _, e)| matches!(e, Event::NodeDown { .. }))
                 .count();
-            assert_eq!(downs, 0, "seed {seed}: node {i} saw a peer flap");
+            assert_eq!(
+                downs,
+                0,
+                "seed {seed}: node {i} saw a peer flap: {:?}",
+                sim.events(i)
+                    .iter()
+                    .filter(|(_, _, e)| matches!(e, Event::NodeDown { .. }))
+                    .collect::<Vec<_>>()
+            );
             assert_eq!(
                 sim.core(i).unwrap().connection_count(),
                 n - 1,
