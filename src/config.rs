@@ -16,8 +16,8 @@
 //! `[topologies.NAME]` tables, one per topology. Each has `strategy` (which strategy runs
 //! it), the topology options `authoritative` and `prune_after`, and the strategy's own
 //! keys, which are handed to that strategy's `Config` (for `strategy = "static"`,
-//! [`strategies::static_hosts::Config`]). To add a strategy: a variant of
-//! [`StrategyConfig`], an arm in [`StrategyConfig::from_table`], and the compiler points
+//! [`static_hosts::Config`]). To add a strategy: a variant of
+//! [`StrategyConfig`], an arm in `StrategyConfig::from_table`, and the compiler points
 //! to the one other place (starting it, [`Topology::add_to`]).
 
 use std::collections::BTreeMap;

@@ -288,3 +288,29 @@ fn a_missing_file_is_refused() {
     .to_string();
     assert!(e.contains("/nonexistent/rallypoint.toml"), "{e}");
 }
+
+#[test]
+fn the_effective_configuration_prints_as_toml_with_the_cookie_redacted() {
+    let c = load(
+        "name = \"a@h\"\ncookie = \"s3cret\"\n[topologies.peers]\nstrategy = \"static\"\nhosts = [\"127.0.0.1:5\"]\n",
+        &[],
+        &Flags::default(),
+    )
+    .unwrap();
+    let text = toml::to_string(&c).expect("serializes");
+    assert!(!text.contains("s3cret"), "{text}");
+    assert!(text.contains("<redacted>"), "{text}");
+    assert!(text.contains("strategy = \"static\""), "{text}");
+    assert!(text.contains("down_after = \"3s\""), "{text}");
+    assert!(text.contains("prune_after = \"30s\""), "{text}");
+    // What it prints loads again, to the same configuration (the cookie aside).
+    let again = load(
+        &text.replace("cookie = \"<redacted>\"", ""),
+        &[],
+        &Flags::default(),
+    )
+    .unwrap();
+    assert_eq!(again.topologies, c.topologies);
+    assert_eq!(again.membership, c.membership);
+    assert_eq!(again.name, c.name);
+}

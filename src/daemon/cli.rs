@@ -42,22 +42,22 @@ pub struct RunArgs {
     /// A TOML configuration file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// This node's name, basename@host [default: rallypoint@<hostname>].
+    /// This node's name, basename@host. Default: rallypoint@HOSTNAME.
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
-    /// The address to listen on for peers (TCP) [default: 0.0.0.0:45893].
+    /// The address to listen on for peers (TCP). Default: 0.0.0.0:45893.
     #[arg(long, value_name = "ADDR")]
     pub cluster_addr: Option<SocketAddr>,
-    /// The address peers dial to reach this node [default: the cluster address when it
+    /// The address peers dial to reach this node. Default: the cluster address when it
     /// is not a wildcard; else the name's host when it is an IP; else the first
-    /// non-loopback interface address; with the cluster port].
+    /// non-loopback interface address; with the cluster port.
     #[arg(long, value_name = "ADDR")]
     pub advertise_addr: Option<SocketAddr>,
-    /// The address of the HTTP API [default: 127.0.0.1:45894].
+    /// The address of the HTTP API. Default: 127.0.0.1:45894.
     #[arg(long, value_name = "ADDR")]
     pub http_addr: Option<SocketAddr>,
     /// A file holding the cluster's cookie (or set RALLYPOINT_COOKIE to the cookie
-    /// itself) [default: a cookie kept in the user's config directory].
+    /// itself). Default: a cookie kept in the user's config directory.
     #[arg(long, value_name = "FILE")]
     pub cookie_file: Option<PathBuf>,
     /// Peers to connect to, host:port,... (defines the topology named `static`).

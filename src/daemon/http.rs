@@ -3,7 +3,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /v1/members` | `{"self": NODE, "members": [NODE…]}` ([`api::Members`]) |
-//! | `GET /v1/events` | Server-Sent Events ([`sse`](super::sse)) |
+//! | `GET /v1/events` | Server-Sent Events (see [`super::sse`]) |
 //! | `GET /healthz` | `200 ok` while the daemon runs |
 
 use std::sync::Arc;

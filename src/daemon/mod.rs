@@ -77,8 +77,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some(addr) = config.advertise_addr {
         builder = builder.advertise_addr(addr);
     }
-    if let Some(cookie) = &cookie {
-        builder = builder.cookie(cookie.as_bytes());
+    match (&cookie, &config.cookie_file) {
+        (Some(cookie), Some(path)) => {
+            tracing::info!(path = %path.display(), "cookie read from file");
+            builder = builder.cookie(cookie.as_bytes());
+        }
+        (Some(cookie), None) => {
+            tracing::info!("cookie set by the configuration");
+            builder = builder.cookie(cookie.as_bytes());
+        }
+        (None, _) => {
+            let path = crate::Cookie::default_path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "(no config directory)".into());
+            tracing::info!(%path, "no cookie configured: using this user's default cookie");
+        }
     }
     for (name, topology) in &config.topologies {
         tracing::info!(topology = %name, strategy = topology.strategy.kind(), "starting topology");

@@ -181,8 +181,7 @@ impl Daemon {
         cmd.env("RALLYPOINT_COOKIE", &spec.cookie)
             .env("HOME", dir.path())
             .env("XDG_CONFIG_HOME", dir.path().join("config"))
-            .env("RUST_LOG", "info")
-            .env_remove("NO_COLOR");
+            .env("RUST_LOG", "info");
         for (k, v) in &spec.env {
             cmd.env(k, v);
         }
