@@ -186,11 +186,8 @@ impl Topology {
         };
         match &self.strategy {
             StrategyConfig::Static(c) => {
-                // Checked when the configuration was loaded.
-                let strategy = match StaticHosts::from_config(c.clone()) {
-                    Ok(s) => s,
-                    Err(_) => StaticHosts::new(c.hosts.clone()),
-                };
+                let strategy =
+                    StaticHosts::new(c.hosts.clone()).resolve_interval(c.resolve_interval);
                 builder.topology_with(name, strategy, options)
             }
         }
@@ -345,52 +342,47 @@ impl Config {
     /// Builds the configuration from the merged tree of keys.
     fn from_root(root: Map<String, Value>) -> Result<Config, ConfigError> {
         let mut name = None;
-        let mut config = Config {
-            name: "rallypoint@localhost"
-                .parse()
-                .map_err(|_| ConfigError::Missing {
-                    key: "name".into(),
-                    expected: "basename@host".into(),
-                })?,
-            cluster_addr: SocketAddr::from(([0, 0, 0, 0], crate::DEFAULT_CLUSTER_PORT)),
-            advertise_addr: None,
-            http_addr: crate::DEFAULT_HTTP_ADDR,
-            cookie_file: None,
-            cookie: None,
-            membership: membership::Config::default(),
-            topologies: BTreeMap::new(),
-        };
-        let mut cookie_origin = None;
-        let mut cookie_file_origin = None;
+        let mut cluster_addr = SocketAddr::from(([0, 0, 0, 0], crate::DEFAULT_CLUSTER_PORT));
+        let mut advertise_addr = None;
+        let mut http_addr = crate::DEFAULT_HTTP_ADDR;
+        let mut cookie_file: Option<(PathBuf, Option<String>)> = None;
+        let mut cookie: Option<(Secret, Option<String>)> = None;
+        let mut membership = membership::Config::default();
+        let mut topologies = BTreeMap::new();
         for (key, value) in root {
             match key.as_str() {
-                "name" => name = Some(deserialize::<NodeName>("name", value)?),
-                "cluster_addr" => config.cluster_addr = deserialize(&key, value)?,
-                "advertise_addr" => config.advertise_addr = Some(deserialize(&key, value)?),
-                "http_addr" => config.http_addr = deserialize(&key, value)?,
+                "name" => name = Some(deserialize::<NodeName>(&key, value)?),
+                "cluster_addr" => cluster_addr = deserialize(&key, value)?,
+                "advertise_addr" => advertise_addr = Some(deserialize(&key, value)?),
+                "http_addr" => http_addr = deserialize(&key, value)?,
                 "cookie_file" => {
-                    cookie_file_origin = Some(value.origin().map(str::to_owned));
-                    config.cookie_file = Some(deserialize(&key, value)?);
+                    let origin = value.origin().map(str::to_owned);
+                    cookie_file = Some((deserialize(&key, value)?, origin));
                 }
                 "cookie" => {
-                    cookie_origin = Some(value.origin().map(str::to_owned));
+                    let origin = value.origin().map(str::to_owned);
                     let secret: String = deserialize(&key, value)?;
-                    config.cookie = Some(Secret(secret));
+                    if secret.trim().is_empty() {
+                        return Err(ConfigError::BadValue {
+                            key,
+                            value: "\"\"".into(),
+                            origin,
+                            expected: "a non-empty secret".into(),
+                        });
+                    }
+                    cookie = Some((Secret(secret), origin));
                 }
                 "membership" => {
                     let origin = first_origin(&value);
-                    config.membership = deserialize(&key, value)?;
-                    config
-                        .membership
-                        .validate()
-                        .map_err(|e| ConfigError::BadValue {
-                            key: format!("membership.{}", e.key),
-                            value: e.value,
-                            origin,
-                            expected: e.expected.into(),
-                        })?;
+                    membership = deserialize(&key, value)?;
+                    membership.validate().map_err(|e| ConfigError::BadValue {
+                        key: format!("membership.{}", e.key),
+                        value: e.value,
+                        origin,
+                        expected: e.expected.into(),
+                    })?;
                 }
-                "topologies" => config.topologies = topologies(value)?,
+                "topologies" => topologies = parse_topologies(value)?,
                 _ => {
                     return Err(ConfigError::UnknownKey {
                         origin: value.origin().map(str::to_owned),
@@ -400,15 +392,11 @@ impl Config {
                 }
             }
         }
-        config.name = match name {
-            Some(n) => n,
-            None => default_name()?,
-        };
-        // Both set: the one from the higher layer wins; in one layer, refuse.
-        if let (Some(c), Some(f)) = (&cookie_origin, &cookie_file_origin) {
+        // Both cookie keys set: the one from the higher layer wins; in one layer, refuse.
+        if let (Some((_, c)), Some((_, f))) = (&cookie, &cookie_file) {
             match layer(c.as_deref()).cmp(&layer(f.as_deref())) {
-                std::cmp::Ordering::Greater => config.cookie_file = None,
-                std::cmp::Ordering::Less => config.cookie = None,
+                std::cmp::Ordering::Greater => cookie_file = None,
+                std::cmp::Ordering::Less => cookie = None,
                 std::cmp::Ordering::Equal => {
                     return Err(ConfigError::BadValue {
                         key: "cookie".into(),
@@ -419,15 +407,19 @@ impl Config {
                 }
             }
         }
-        if matches!(&config.cookie, Some(s) if s.0.trim().is_empty()) {
-            return Err(ConfigError::BadValue {
-                key: "cookie".into(),
-                value: "\"\"".into(),
-                origin: cookie_origin.flatten(),
-                expected: "a non-empty secret".into(),
-            });
-        }
-        Ok(config)
+        Ok(Config {
+            name: match name {
+                Some(n) => n,
+                None => default_name()?,
+            },
+            cluster_addr,
+            advertise_addr,
+            http_addr,
+            cookie_file: cookie_file.map(|(p, _)| p),
+            cookie: cookie.map(|(s, _)| s),
+            membership,
+            topologies,
+        })
     }
 
     /// The configured cookie: read from `cookie_file`, or `cookie`; `None` when neither
@@ -475,7 +467,7 @@ fn first_origin(value: &Value) -> Option<String> {
 }
 
 /// Parses the `topologies` table.
-fn topologies(value: Value) -> Result<BTreeMap<String, Topology>, ConfigError> {
+fn parse_topologies(value: Value) -> Result<BTreeMap<String, Topology>, ConfigError> {
     let origin = value.origin().map(str::to_owned);
     let shown = show(&value);
     let table = value.into_table().map_err(|_| ConfigError::BadValue {

@@ -553,3 +553,19 @@ async fn sigterm_gives_left_on_the_peers_and_exit_zero() {
     let status = b.wait_exit(Duration::from_secs(20)).await;
     assert!(status.success(), "exit status {status:?}");
 }
+
+#[tokio::test]
+async fn ctrl_c_leaves_gracefully_too() {
+    let (sa, sb) = (Spec::new("a"), Spec::new("b"));
+    let a = Daemon::start(sa.clone().peers(&[&sb])).await;
+    let mut b = Daemon::start(sb.clone().peers(&[&sa])).await;
+    let mut wa = a.watch().await;
+    wa.wait_members(&[b.name()], FORM).await;
+    b.watch().await.wait_members(&[a.name()], FORM).await;
+
+    b.signal(libc::SIGINT);
+    let (_, reason) = wa.wait_down(sb.name.as_str(), DETECT).await;
+    assert_eq!(reason, "left");
+    let status = b.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "exit status {status:?}");
+}
