@@ -366,6 +366,10 @@ async fn kill_9_gives_nodedown_on_both_others_and_a_restart_a_nodeup_with_a_new_
     for w in [&mut wa, &mut wb] {
         let node = w.wait_up(c2.name(), FORM).await;
         assert_ne!(node.incarnation, old, "{}: a new incarnation", w.owner);
+        assert!(
+            node.up_since.is_some(),
+            "a nodeup says since when: {node:?}"
+        );
         assert_eq!(node.incarnation, c2.members().await.local.incarnation);
     }
 }
