@@ -1,1 +1,656 @@
-//! Configuration (being written).
+//! The daemon's configuration: the model ([`Config`]) and how it is loaded.
+//!
+//! Three layers, each overriding the one before ([`Config::load`]):
+//! 1. a TOML file (`--config FILE`);
+//! 2. environment variables `RALLYPOINT_<KEY>`, nested keys joined by `__`
+//!    (`RALLYPOINT_MEMBERSHIP__DOWN_AFTER=5s`, `RALLYPOINT_TOPOLOGIES__PEERS__STRATEGY=static`);
+//!    an empty variable counts as unset;
+//! 3. command-line flags ([`Flags`]).
+//!
+//! Every key is checked: an unknown key, a value of the wrong type or out of range, and a
+//! topology whose strategy does not know one of its keys are refused with the key, the
+//! value, where it came from and what was expected ([`ConfigError`]).
+//!
+//! # Topologies
+//!
+//! `[topologies.NAME]` tables, one per topology. Each has `strategy` (which strategy runs
+//! it), the topology options `authoritative` and `prune_after`, and the strategy's own
+//! keys, which are handed to that strategy's `Config` (for `strategy = "static"`,
+//! [`static_hosts::Config`]). To add a strategy: a variant of
+//! [`StrategyConfig`], an arm in `StrategyConfig::from_table`, and the compiler points
+//! to the one other place (starting it, [`Topology::add_to`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Map, Source, Value, ValueKind};
+use serde::de::DeserializeOwned;
+use serde::{Serialize, Serializer};
+
+use crate::cluster::{Builder, TopologyOptions};
+use crate::cookie::{Cookie, CookieError};
+use crate::membership;
+use crate::node::NodeName;
+use crate::strategies::static_hosts::{self, StaticHosts};
+
+/// The prefix of the environment variables that set configuration keys.
+pub const ENV_PREFIX: &str = "RALLYPOINT";
+
+/// The top-level keys, in the order they are documented.
+pub const KEYS: &[&str] = &[
+    "name",
+    "cluster_addr",
+    "advertise_addr",
+    "http_addr",
+    "cookie_file",
+    "cookie",
+    "membership",
+    "topologies",
+];
+
+/// The strategies a topology can name in `strategy = "…"`.
+pub const STRATEGIES: &[&str] = &["static"];
+
+/// The keys of a `[topologies.NAME]` table that are not the strategy's own.
+pub const TOPOLOGY_KEYS: &[&str] = &["strategy", "authoritative", "prune_after"];
+
+/// The name of the topology that `--static-hosts` defines.
+pub const STATIC_HOSTS_TOPOLOGY: &str = "static";
+
+/// The daemon's whole configuration, with defaults filled in.
+#[derive(Clone, Debug, Serialize)]
+pub struct Config {
+    /// This node's name, `basename@host`. Default `rallypoint@<hostname>`.
+    pub name: NodeName,
+    /// The address the cluster listener binds (TCP). Default `0.0.0.0:45893`.
+    pub cluster_addr: SocketAddr,
+    /// The address peers dial to reach this node. Default: see
+    /// [`Builder::advertise_addr`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise_addr: Option<SocketAddr>,
+    /// The address of the HTTP API. Default `127.0.0.1:45894`.
+    pub http_addr: SocketAddr,
+    /// A file holding the cluster's cookie (white space around it is ignored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cookie_file: Option<PathBuf>,
+    /// The cookie itself (usually from `RALLYPOINT_COOKIE`). At most one of `cookie` and
+    /// `cookie_file` is set; with neither, the user's default cookie is used
+    /// ([`Cookie::load_or_create_default`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<Secret>,
+    /// Timing and limits of the membership protocol (`[membership]`).
+    pub membership: membership::Config,
+    /// The topologies by name (`[topologies.NAME]`). None configured: no discovery; the
+    /// node waits for peers to dial it.
+    pub topologies: BTreeMap<String, Topology>,
+}
+
+/// A secret string: `Debug` and `Serialize` show `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+/// One topology: a strategy and its options.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Topology {
+    /// The strategy and its configuration (`strategy = "…"` and the strategy's keys).
+    #[serde(flatten)]
+    pub strategy: StrategyConfig,
+    /// Whether the topology prunes peers that left its set; unset: the strategy's
+    /// default (static hosts and gossip: no; Kubernetes and DNS: yes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authoritative: Option<bool>,
+    /// How long a peer may be absent from every authoritative set before it is pruned.
+    /// Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub prune_after: Duration,
+}
+
+/// Which strategy a topology runs, with its configuration.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "strategy")]
+pub enum StrategyConfig {
+    /// `strategy = "static"`: a fixed list of `host:port`.
+    #[serde(rename = "static")]
+    Static(static_hosts::Config),
+}
+
+impl StrategyConfig {
+    /// The strategy's configuration from the rest of its topology table (`strategy`,
+    /// `authoritative` and `prune_after` taken out). `key` is the table's key
+    /// (`topologies.NAME`), for errors.
+    fn from_table(
+        key: &str,
+        kind: &str,
+        kind_origin: Option<&str>,
+        rest: Map<String, Value>,
+    ) -> Result<Self, ConfigError> {
+        let hosts_origin = rest.get("hosts").and_then(first_origin);
+        let table = Value::new(None, ValueKind::Table(rest));
+        match kind {
+            "static" => {
+                let config: static_hosts::Config = deserialize(key, table)?;
+                StaticHosts::from_config(config.clone()).map_err(|e| ConfigError::BadValue {
+                    key: format!("{key}.hosts"),
+                    value: format!("{:?}", e.entry),
+                    origin: hosts_origin,
+                    expected: "host:port (e.g. 10.0.0.6:45893 or node3:45893)".into(),
+                })?;
+                Ok(StrategyConfig::Static(config))
+            }
+            // gossip, dns, kubernetes: one arm each here.
+            other => Err(ConfigError::BadValue {
+                key: format!("{key}.strategy"),
+                value: format!("{other:?}"),
+                origin: kind_origin.map(str::to_owned),
+                expected: format!("one of {}", quoted(STRATEGIES)),
+            }),
+        }
+    }
+
+    /// The strategy's name as written in `strategy = "…"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StrategyConfig::Static(_) => "static",
+        }
+    }
+}
+
+impl Topology {
+    /// Adds this topology, named `name`, to a cluster builder.
+    pub fn add_to(&self, name: &str, builder: Builder) -> Builder {
+        let options = TopologyOptions {
+            authoritative: self.authoritative,
+            prune_after: self.prune_after,
+        };
+        match &self.strategy {
+            StrategyConfig::Static(c) => {
+                let strategy =
+                    StaticHosts::new(c.hosts.clone()).resolve_interval(c.resolve_interval);
+                builder.topology_with(name, strategy, options)
+            }
+        }
+    }
+}
+
+/// Settings from the command line: the top layer. `None` leaves a key to the lower
+/// layers.
+#[derive(Clone, Debug, Default)]
+pub struct Flags {
+    /// `--name`.
+    pub name: Option<String>,
+    /// `--cluster-addr`.
+    pub cluster_addr: Option<SocketAddr>,
+    /// `--advertise-addr`.
+    pub advertise_addr: Option<SocketAddr>,
+    /// `--http-addr`.
+    pub http_addr: Option<SocketAddr>,
+    /// `--cookie-file`.
+    pub cookie_file: Option<PathBuf>,
+    /// `--static-hosts`: sets the topology named [`STATIC_HOSTS_TOPOLOGY`] to a static
+    /// one with these hosts.
+    pub static_hosts: Option<Vec<String>>,
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or is not valid TOML.
+    #[error("cannot load the configuration: {0}")]
+    Load(String),
+    /// A key that no part of the configuration knows.
+    #[error("unknown configuration key `{key}`{}: expected one of {expected}", from(.origin))]
+    UnknownKey {
+        /// The key, dotted (`membership.hearbeat_interval`).
+        key: String,
+        /// Where it was set: a file's path, `the environment`; `None`: a flag.
+        origin: Option<String>,
+        /// The keys that are known there.
+        expected: String,
+    },
+    /// A key whose value is refused.
+    #[error("configuration key `{key}` = {value}{}: expected {expected}", from(.origin))]
+    BadValue {
+        /// The key, dotted (`membership.down_after`).
+        key: String,
+        /// The value as given.
+        value: String,
+        /// Where it was set: a file's path, `the environment`; `None`: a flag or unknown.
+        origin: Option<String>,
+        /// What was expected.
+        expected: String,
+    },
+    /// A required key is absent.
+    #[error("configuration key `{key}` is missing: expected {expected}")]
+    Missing {
+        /// The key, dotted.
+        key: String,
+        /// What was expected.
+        expected: String,
+    },
+    /// The cookie could not be read.
+    #[error(transparent)]
+    Cookie(#[from] CookieError),
+}
+
+fn from(origin: &Option<String>) -> String {
+    match origin.as_deref() {
+        Some(o) => format!(" (from {o})"),
+        None => String::new(),
+    }
+}
+
+fn quoted(list: &[&str]) -> String {
+    list.iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Config {
+    /// Loads the configuration: `file` (if any) < the environment variables `env`
+    /// (pass `std::env::vars()`; only `RALLYPOINT_*` ones are read) < `flags`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &Flags,
+    ) -> Result<Config, ConfigError> {
+        let env: Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        let load = |e: config::ConfigError| ConfigError::Load(e.to_string());
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("_")
+                .separator("__")
+                .ignore_empty(true)
+                .source(Some(env)),
+        );
+        let mut set = |key: &str, value: Option<Value>| -> Result<(), ConfigError> {
+            if let Some(v) = value {
+                builder = std::mem::take(&mut builder)
+                    .set_override(key, v)
+                    .map_err(load)?;
+            }
+            Ok(())
+        };
+        set("name", flags.name.clone().map(Value::from))?;
+        set(
+            "cluster_addr",
+            flags.cluster_addr.map(|a| Value::from(a.to_string())),
+        )?;
+        set(
+            "advertise_addr",
+            flags.advertise_addr.map(|a| Value::from(a.to_string())),
+        )?;
+        set(
+            "http_addr",
+            flags.http_addr.map(|a| Value::from(a.to_string())),
+        )?;
+        set(
+            "cookie_file",
+            flags
+                .cookie_file
+                .as_ref()
+                .map(|p| Value::from(p.to_string_lossy().into_owned())),
+        )?;
+        if let Some(hosts) = &flags.static_hosts {
+            set(
+                &format!("topologies.{STATIC_HOSTS_TOPOLOGY}.strategy"),
+                Some(Value::from("static")),
+            )?;
+            set(
+                &format!("topologies.{STATIC_HOSTS_TOPOLOGY}.hosts"),
+                Some(Value::from(hosts.clone())),
+            )?;
+        }
+        let merged = builder.build().map_err(load)?;
+        let root = merged.collect().map_err(load)?;
+        Config::from_root(root)
+    }
+
+    /// Builds the configuration from the merged tree of keys.
+    fn from_root(root: Map<String, Value>) -> Result<Config, ConfigError> {
+        let mut name = None;
+        let mut cluster_addr = SocketAddr::from(([0, 0, 0, 0], crate::DEFAULT_CLUSTER_PORT));
+        let mut advertise_addr = None;
+        let mut http_addr = crate::DEFAULT_HTTP_ADDR;
+        let mut cookie_file: Option<(PathBuf, Option<String>)> = None;
+        let mut cookie: Option<(Secret, Option<String>)> = None;
+        let mut membership = membership::Config::default();
+        let mut topologies = BTreeMap::new();
+        for (key, value) in root {
+            match key.as_str() {
+                "name" => name = Some(deserialize::<NodeName>(&key, value)?),
+                "cluster_addr" => cluster_addr = deserialize(&key, value)?,
+                "advertise_addr" => advertise_addr = Some(deserialize(&key, value)?),
+                "http_addr" => http_addr = deserialize(&key, value)?,
+                "cookie_file" => {
+                    let origin = value.origin().map(str::to_owned);
+                    cookie_file = Some((deserialize(&key, value)?, origin));
+                }
+                "cookie" => {
+                    let origin = value.origin().map(str::to_owned);
+                    let secret: String = deserialize(&key, value)?;
+                    if secret.trim().is_empty() {
+                        return Err(ConfigError::BadValue {
+                            key,
+                            value: "\"\"".into(),
+                            origin,
+                            expected: "a non-empty secret".into(),
+                        });
+                    }
+                    cookie = Some((Secret(secret), origin));
+                }
+                "membership" => {
+                    let origin = first_origin(&value);
+                    membership = deserialize(&key, value)?;
+                    membership.validate().map_err(|e| ConfigError::BadValue {
+                        key: format!("membership.{}", e.key),
+                        value: e.value,
+                        origin,
+                        expected: e.expected.into(),
+                    })?;
+                }
+                "topologies" => topologies = parse_topologies(value)?,
+                _ => {
+                    return Err(ConfigError::UnknownKey {
+                        origin: value.origin().map(str::to_owned),
+                        key,
+                        expected: quoted(KEYS),
+                    });
+                }
+            }
+        }
+        // Both cookie keys set: the one from the higher layer wins; in one layer, refuse.
+        if let (Some((_, c)), Some((_, f))) = (&cookie, &cookie_file) {
+            match layer(c.as_deref()).cmp(&layer(f.as_deref())) {
+                std::cmp::Ordering::Greater => cookie_file = None,
+                std::cmp::Ordering::Less => cookie = None,
+                std::cmp::Ordering::Equal => {
+                    return Err(ConfigError::BadValue {
+                        key: "cookie".into(),
+                        value: "<redacted>".into(),
+                        origin: c.clone(),
+                        expected: "either `cookie` or `cookie_file`, not both".into(),
+                    });
+                }
+            }
+        }
+        Ok(Config {
+            name: match name {
+                Some(n) => n,
+                None => default_name()?,
+            },
+            cluster_addr,
+            advertise_addr,
+            http_addr,
+            cookie_file: cookie_file.map(|(p, _)| p),
+            cookie: cookie.map(|(s, _)| s),
+            membership,
+            topologies,
+        })
+    }
+
+    /// The configured cookie: read from `cookie_file`, or `cookie`; `None` when neither
+    /// is set (the default cookie is used).
+    pub fn load_cookie(&self) -> Result<Option<Cookie>, ConfigError> {
+        if let Some(path) = &self.cookie_file {
+            return Ok(Some(Cookie::from_file(path)?));
+        }
+        Ok(self.cookie.as_ref().map(|s| Cookie::new(s.0.trim())))
+    }
+}
+
+/// The layer a value came from, by its origin: flags (none) above the environment above
+/// the file.
+fn layer(origin: Option<&str>) -> u8 {
+    match origin {
+        None => 3,
+        Some("the environment") => 2,
+        Some(_) => 1,
+    }
+}
+
+/// `rallypoint@<hostname>`.
+fn default_name() -> Result<NodeName, ConfigError> {
+    let host = hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into());
+    NodeName::new("rallypoint", &host).map_err(|e| ConfigError::Missing {
+        key: "name".into(),
+        expected: format!("basename@host (the default from the hostname is invalid: {e})"),
+    })
+}
+
+/// The origin of a value, or of the first leaf inside it that has one.
+fn first_origin(value: &Value) -> Option<String> {
+    if let Some(o) = value.origin() {
+        return Some(o.to_owned());
+    }
+    match &value.kind {
+        ValueKind::Table(t) => t.values().find_map(first_origin),
+        ValueKind::Array(a) => a.iter().find_map(first_origin),
+        _ => None,
+    }
+}
+
+/// Parses the `topologies` table.
+fn parse_topologies(value: Value) -> Result<BTreeMap<String, Topology>, ConfigError> {
+    let origin = value.origin().map(str::to_owned);
+    let shown = show(&value);
+    let table = value.into_table().map_err(|_| ConfigError::BadValue {
+        key: "topologies".into(),
+        value: shown,
+        origin,
+        expected: "a table of topologies ([topologies.NAME] with strategy = \"…\")".into(),
+    })?;
+    let mut out = BTreeMap::new();
+    for (name, value) in table {
+        let key = format!("topologies.{name}");
+        let origin = value.origin().map(str::to_owned);
+        let shown = show(&value);
+        let mut t = value.into_table().map_err(|_| ConfigError::BadValue {
+            key: key.clone(),
+            value: shown,
+            origin,
+            expected: "a table with strategy = \"…\" and the strategy's keys".into(),
+        })?;
+        let strategy = t.remove("strategy").ok_or_else(|| ConfigError::Missing {
+            key: format!("{key}.strategy"),
+            expected: format!("one of {}", quoted(STRATEGIES)),
+        })?;
+        let kind_origin = strategy.origin().map(str::to_owned);
+        let kind: String = deserialize(&format!("{key}.strategy"), strategy)?;
+        let authoritative = match t.remove("authoritative") {
+            Some(v) => Some(deserialize(&format!("{key}.authoritative"), v)?),
+            None => None,
+        };
+        let prune_after = match t.remove("prune_after") {
+            Some(v) => deserialize::<Duration_>(&format!("{key}.prune_after"), v)?.0,
+            None => TopologyOptions::default().prune_after,
+        };
+        let strategy = StrategyConfig::from_table(&key, &kind, kind_origin.as_deref(), t)?;
+        out.insert(
+            name,
+            Topology {
+                strategy,
+                authoritative,
+                prune_after,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// A duration in humantime form (`500ms`, `3s`).
+#[derive(serde::Deserialize)]
+#[serde(transparent)]
+struct Duration_(#[serde(with = "humantime_serde")] Duration);
+
+/// Deserializes `value`, found at `key`, into `T`; an error names the key (down to the
+/// nested key at fault), the value, where it came from and what was expected.
+fn deserialize<T: DeserializeOwned>(key: &str, value: Value) -> Result<T, ConfigError> {
+    let original = value.clone();
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let mut full = key.to_owned();
+            let mut at = Some(&original);
+            for seg in e.path().iter() {
+                match seg {
+                    serde_path_to_error::Segment::Map { key } => {
+                        full.push('.');
+                        full.push_str(key);
+                        at = at.and_then(|v| match &v.kind {
+                            ValueKind::Table(t) => t.get(key),
+                            _ => None,
+                        });
+                    }
+                    serde_path_to_error::Segment::Seq { index } => {
+                        full.push_str(&format!("[{index}]"));
+                        at = at.and_then(|v| match &v.kind {
+                            ValueKind::Array(a) => a.get(*index),
+                            _ => None,
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            if let config::ConfigError::NotFound(field) = e.inner() {
+                return Err(ConfigError::Missing {
+                    key: format!("{full}.{field}"),
+                    expected: "a value".into(),
+                });
+            }
+            let message = message_of(e.inner());
+            if let Some(rest) = message.strip_prefix("unknown field `")
+                && let Some((field, expected)) = rest.split_once('`')
+            {
+                // The path usually ends at the unknown key already.
+                let origin = if full.ends_with(&format!(".{field}")) {
+                    at.and_then(first_origin)
+                } else {
+                    full = format!("{full}.{field}");
+                    at.and_then(|v| match &v.kind {
+                        ValueKind::Table(t) => t.get(field),
+                        _ => None,
+                    })
+                    .and_then(first_origin)
+                };
+                let expected = expected
+                    .trim_start_matches(',')
+                    .trim()
+                    .trim_start_matches("expected")
+                    .trim();
+                let expected = expected.strip_prefix("one of ").unwrap_or(expected);
+                return Err(ConfigError::UnknownKey {
+                    key: full,
+                    origin,
+                    expected: if expected.is_empty() {
+                        "no keys here".into()
+                    } else {
+                        expected.into()
+                    },
+                });
+            }
+            if let Some(field) = message
+                .strip_prefix("missing field `")
+                .and_then(|r| r.split_once('`'))
+                .map(|(f, _)| f)
+            {
+                return Err(ConfigError::Missing {
+                    key: format!("{full}.{field}"),
+                    expected: "a value".into(),
+                });
+            }
+            let expected = match message.split_once("expected ") {
+                // A closing parenthesis left over from "(expected …)".
+                Some((_, exp)) if exp.ends_with(')') && !exp.contains('(') => {
+                    exp[..exp.len() - 1].to_owned()
+                }
+                Some((_, exp)) => exp.to_owned(),
+                None => message.clone(),
+            };
+            let expected = if expected == "a duration" {
+                "a duration such as \"500ms\" or \"3s\"".to_owned()
+            } else if expected == "a sequence" {
+                "a list, such as [\"a\", \"b\"]".to_owned()
+            } else if message.contains("socket address") {
+                format!("an address such as \"127.0.0.1:45894\" ({message})")
+            } else {
+                expected
+            };
+            Err(ConfigError::BadValue {
+                key: full,
+                value: at.map(show).unwrap_or_else(|| "?".into()),
+                origin: at.and_then(first_origin),
+                expected,
+            })
+        }
+    }
+}
+
+/// The message of a deserialization error, without `config`'s key and origin suffixes.
+fn message_of(e: &config::ConfigError) -> String {
+    match e {
+        config::ConfigError::Type {
+            unexpected,
+            expected,
+            ..
+        } => format!("invalid type: {unexpected}, expected {expected}"),
+        config::ConfigError::At { error, .. } => message_of(error),
+        other => other.to_string(),
+    }
+}
+
+/// A value as it would be written in TOML.
+fn show(value: &Value) -> String {
+    match &value.kind {
+        ValueKind::Nil => "nothing".into(),
+        ValueKind::String(s) => format!("{s:?}"),
+        ValueKind::Table(t) => format!(
+            "{{ {} }}",
+            t.iter()
+                .map(|(k, v)| format!("{k} = {}", show(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        ValueKind::Array(a) => format!("[{}]", a.iter().map(show).collect::<Vec<_>>().join(", ")),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,181 @@
-//! The daemon (being written).
+//! The `rallypoint` daemon: a cluster node with an HTTP API, for programs in any
+//! language.
+//!
+//! - [`cli`]: the command line (`run`, `members`, `watch`);
+//! - [`http`]: the HTTP API's routes; [`api`]: its JSON bodies; [`sse`]: the event
+//!   stream;
+//! - [`client`]: a small client for the API (used by `members` and `watch`).
+//!
+//! [`run`] is the daemon: it binds the HTTP API, starts the node with the configured
+//! topologies, serves until its shutdown future resolves, then leaves the cluster
+//! gracefully (peers see `left`) within a bounded time.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::Cluster;
+use crate::config::{Config, ConfigError};
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod http;
+pub mod sse;
+
+/// The longest the daemon waits for the cluster to leave gracefully on shutdown.
+pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest the daemon waits for the HTTP API to finish open requests on shutdown.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why the daemon could not start or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid (or its cookie cannot be read).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The HTTP API's address could not be bound.
+    #[error("cannot listen on HTTP address {addr}")]
+    HttpBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The cluster node could not start.
+    #[error(transparent)]
+    Cluster(#[from] crate::Error),
+    /// The HTTP server stopped with an error.
+    #[error("the HTTP API failed")]
+    Http(#[source] std::io::Error),
+}
+
+/// Runs the daemon until `shutdown` resolves, then leaves the cluster gracefully. The
+/// HTTP API is bound before the node starts (so a taken port starts nothing); once
+/// both are up, the log line `HTTP API listening` says so.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let cookie = config.load_cookie()?;
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|source| Error::HttpBind {
+            addr: config.http_addr,
+            source,
+        })?;
+    let http_addr = listener.local_addr().map_err(|source| Error::HttpBind {
+        addr: config.http_addr,
+        source,
+    })?;
+
+    let mut builder = Cluster::builder()
+        .name(config.name.as_str())
+        .cluster_addr(config.cluster_addr)
+        .membership(config.membership.clone());
+    if let Some(addr) = config.advertise_addr {
+        builder = builder.advertise_addr(addr);
+    }
+    match (&cookie, &config.cookie_file) {
+        (Some(cookie), Some(path)) => {
+            tracing::info!(path = %path.display(), "cookie read from file");
+            builder = builder.cookie(cookie.as_bytes());
+        }
+        (Some(cookie), None) => {
+            tracing::info!("cookie set by the configuration");
+            builder = builder.cookie(cookie.as_bytes());
+        }
+        (None, _) => {
+            let path = crate::Cookie::default_path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "(no config directory)".into());
+            tracing::info!(%path, "no cookie configured: using this user's default cookie");
+        }
+    }
+    for (name, topology) in &config.topologies {
+        tracing::info!(topology = %name, strategy = topology.strategy.kind(), "starting topology");
+        builder = topology.add_to(name, builder);
+    }
+    if config.topologies.is_empty() {
+        tracing::info!(
+            "no topology configured: no discovery; this node waits for peers to dial it"
+        );
+    }
+    let cluster = Arc::new(builder.start().await?);
+
+    let stop = CancellationToken::new();
+    let app = http::router(http::AppState {
+        cluster: cluster.clone(),
+        stop: stop.clone(),
+    });
+    let server_stop = stop.clone();
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(server_stop.cancelled_owned())
+            .await
+    });
+    tracing::info!(node = %cluster.local(), http_addr = %http_addr, "HTTP API listening");
+
+    let result = tokio::select! {
+        _ = shutdown => {
+            tracing::info!("shutting down: leaving the cluster");
+            Ok(())
+        }
+        r = &mut server => Err(match r {
+            Ok(Ok(())) => Error::Http(std::io::Error::other("the server stopped")),
+            Ok(Err(e)) => Error::Http(e),
+            Err(e) => Error::Http(std::io::Error::other(e)),
+        }),
+    };
+    if tokio::time::timeout(LEAVE_TIMEOUT, cluster.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?LEAVE_TIMEOUT, "leaving the cluster took too long; stopping anyway");
+    }
+    stop.cancel();
+    if !server.is_finished()
+        && tokio::time::timeout(DRAIN_TIMEOUT, &mut server)
+            .await
+            .is_err()
+    {
+        tracing::warn!(timeout = ?DRAIN_TIMEOUT, "HTTP requests still open; closing them");
+        server.abort();
+    }
+    tracing::info!("stopped");
+    result
+}
+
+/// A future that resolves on SIGTERM or SIGINT (Ctrl-C). The handlers are installed
+/// when this is called (so call it before the daemon says it is ready), not when the
+/// future is first polled.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            let (mut term, mut int) = match (term, int) {
+                (Ok(t), Ok(i)) => (t, i),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::error!(error = %e, "cannot install signal handlers; stop with SIGKILL");
+                    return std::future::pending().await;
+                }
+            };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! Tests of loading the configuration: layers, every key, and the errors.
+
+use super::*;
+
+fn file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+    f
+}
+
+fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+    vars.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn load(text: &str, vars: &[(&str, &str)], flags: &Flags) -> Result<Config, ConfigError> {
+    let f = file(text);
+    Config::load(Some(f.path()), env(vars), flags)
+}
+
+#[test]
+fn defaults() {
+    let c = Config::load(None, env(&[]), &Flags::default()).unwrap();
+    assert_eq!(c.name.basename(), "rallypoint");
+    assert_eq!(c.cluster_addr, "0.0.0.0:45893".parse().unwrap());
+    assert_eq!(c.http_addr, crate::DEFAULT_HTTP_ADDR);
+    assert_eq!(c.advertise_addr, None);
+    assert_eq!(c.membership, membership::Config::default());
+    assert!(c.topologies.is_empty());
+    assert!(c.load_cookie().unwrap().is_none());
+}
+
+#[test]
+fn reads_every_key_from_a_file() {
+    let c = load(
+        r#"
+        name = "a@127.0.0.1"
+        cluster_addr = "127.0.0.1:7001"
+        advertise_addr = "127.0.0.1:7001"
+        http_addr = "127.0.0.1:7002"
+        cookie = "  s3cret "
+        [membership]
+        heartbeat_interval = "100ms"
+        down_after = "1s"
+        max_frame = 4096
+        [topologies.peers]
+        strategy = "static"
+        hosts = ["127.0.0.1:7003", "localhost:7004"]
+        resolve_interval = "2s"
+        authoritative = true
+        prune_after = "1m"
+        "#,
+        &[],
+        &Flags::default(),
+    )
+    .unwrap();
+    assert_eq!(c.name.as_str(), "a@127.0.0.1");
+    assert_eq!(c.cluster_addr.port(), 7001);
+    assert_eq!(c.advertise_addr.unwrap().port(), 7001);
+    assert_eq!(c.http_addr.port(), 7002);
+    assert_eq!(c.load_cookie().unwrap().unwrap(), Cookie::new("s3cret"));
+    assert_eq!(c.membership.heartbeat_interval, Duration::from_millis(100));
+    assert_eq!(c.membership.down_after, Duration::from_secs(1));
+    assert_eq!(c.membership.max_frame, 4096);
+    assert_eq!(
+        c.membership.handshake_timeout,
+        membership::Config::default().handshake_timeout
+    );
+    let t = &c.topologies["peers"];
+    assert_eq!(t.authoritative, Some(true));
+    assert_eq!(t.prune_after, Duration::from_secs(60));
+    assert_eq!(
+        t.strategy,
+        StrategyConfig::Static(static_hosts::Config {
+            hosts: vec!["127.0.0.1:7003".into(), "localhost:7004".into()],
+            resolve_interval: Duration::from_secs(2),
+        })
+    );
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("s3cret"), "cookie redacted: {shown}");
+}
+
+#[test]
+fn file_then_environment_then_flags() {
+    let text = "name = \"file@h\"\nhttp_addr = \"127.0.0.1:1001\"\ncluster_addr = \"127.0.0.1:2001\"\n[membership]\ndown_after = \"4s\"\n";
+    let vars = [
+        ("RALLYPOINT_NAME", "env@h"),
+        ("RALLYPOINT_HTTP_ADDR", "127.0.0.1:1002"),
+        ("RALLYPOINT_MEMBERSHIP__DOWN_AFTER", "5s"),
+        ("OTHER_NAME", "ignored"),
+    ];
+    let c = load(text, &vars, &Flags::default()).unwrap();
+    assert_eq!(c.name.as_str(), "env@h");
+    assert_eq!(c.http_addr.port(), 1002);
+    assert_eq!(c.cluster_addr.port(), 2001);
+    assert_eq!(c.membership.down_after, Duration::from_secs(5));
+    let flags = Flags {
+        name: Some("flag@h".into()),
+        static_hosts: Some(vec!["127.0.0.1:9".into()]),
+        ..Flags::default()
+    };
+    let c = load(text, &vars, &flags).unwrap();
+    assert_eq!(c.name.as_str(), "flag@h");
+    assert_eq!(c.http_addr.port(), 1002);
+    match &c.topologies[STATIC_HOSTS_TOPOLOGY].strategy {
+        StrategyConfig::Static(s) => assert_eq!(s.hosts, vec!["127.0.0.1:9".to_string()]),
+    }
+}
+
+#[test]
+fn environment_sets_nested_topology_keys() {
+    let c = load(
+        "[topologies.peers]\nstrategy = \"static\"\nhosts = [\"127.0.0.1:5\"]\n",
+        &[
+            ("RALLYPOINT_TOPOLOGIES__PEERS__RESOLVE_INTERVAL", "7s"),
+            ("RALLYPOINT_TOPOLOGIES__PEERS__AUTHORITATIVE", "true"),
+        ],
+        &Flags::default(),
+    )
+    .unwrap();
+    let t = &c.topologies["peers"];
+    assert_eq!(t.authoritative, Some(true));
+    match &t.strategy {
+        StrategyConfig::Static(s) => assert_eq!(s.resolve_interval, Duration::from_secs(7)),
+    }
+}
+
+#[test]
+fn cookie_from_the_higher_layer_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cookie");
+    std::fs::write(&path, "from-file\n").unwrap();
+    let text = format!("cookie_file = {:?}\n", path.display().to_string());
+    let c = load(
+        &text,
+        &[("RALLYPOINT_COOKIE", "from-env")],
+        &Flags::default(),
+    )
+    .unwrap();
+    assert_eq!(c.load_cookie().unwrap().unwrap(), Cookie::new("from-env"));
+    let flags = Flags {
+        cookie_file: Some(path.clone()),
+        ..Flags::default()
+    };
+    let c = load("", &[("RALLYPOINT_COOKIE", "from-env")], &flags).unwrap();
+    assert_eq!(c.load_cookie().unwrap().unwrap(), Cookie::new("from-file"));
+    let both = format!(
+        "cookie = \"x\"\ncookie_file = {:?}\n",
+        path.display().to_string()
+    );
+    let err = load(&both, &[], &Flags::default()).unwrap_err().to_string();
+    assert!(
+        err.contains("`cookie`") && err.contains("not both"),
+        "{err}"
+    );
+    let missing = Flags {
+        cookie_file: Some(dir.path().join("absent")),
+        ..Flags::default()
+    };
+    let c = load("", &[], &missing).unwrap();
+    assert!(c.load_cookie().is_err());
+}
+
+fn refused(text: &str, vars: &[(&str, &str)]) -> String {
+    load(text, vars, &Flags::default())
+        .expect_err("refused")
+        .to_string()
+}
+
+#[test]
+fn unknown_keys_are_refused_with_the_key_named() {
+    let e = refused("colour = \"blue\"\n", &[]);
+    assert!(e.contains("unknown configuration key `colour`"), "{e}");
+    assert!(e.contains("`cluster_addr`"), "lists the known keys: {e}");
+    assert!(e.contains(".toml"), "names the file: {e}");
+
+    let e = refused("[membership]\nhearbeat_interval = \"1s\"\n", &[]);
+    assert!(
+        e.contains("`membership.hearbeat_interval`") && e.contains("heartbeat_interval"),
+        "{e}"
+    );
+
+    let e = refused(
+        "[topologies.p]\nstrategy = \"static\"\nhosts = []\nhostz = [\"a:1\"]\n",
+        &[],
+    );
+    assert!(e.contains("`topologies.p.hostz`"), "{e}");
+
+    let e = refused("", &[("RALLYPOINT_NAMEE", "x@y")]);
+    assert!(
+        e.contains("`namee`") && e.contains("the environment"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_values_are_refused_with_key_value_and_expectation() {
+    let e = refused("[membership]\ndown_after = \"soon\"\n", &[]);
+    assert!(
+        e.contains("`membership.down_after`") && e.contains("\"soon\"") && e.contains("duration"),
+        "{e}"
+    );
+
+    let e = refused(
+        "[membership]\nheartbeat_interval = \"2s\"\ndown_after = \"1s\"\n",
+        &[],
+    );
+    assert!(
+        e.contains("`membership.down_after`") && e.contains("longer than heartbeat_interval"),
+        "{e}"
+    );
+
+    let e = refused("[membership]\nmax_frame = \"big\"\n", &[]);
+    assert!(
+        e.contains("`membership.max_frame`") && e.contains("\"big\""),
+        "{e}"
+    );
+
+    let e = refused("http_addr = \"localhost\"\n", &[]);
+    assert!(
+        e.contains("`http_addr`") && e.contains("\"localhost\"") && e.contains("address"),
+        "{e}"
+    );
+
+    let e = refused("name = \"no-at-sign\"\n", &[]);
+    assert!(e.contains("`name`") && e.contains("no-at-sign"), "{e}");
+
+    let e = refused("[topologies.p]\nstrategy = \"carrier-pigeon\"\n", &[]);
+    assert!(
+        e.contains("`topologies.p.strategy`")
+            && e.contains("carrier-pigeon")
+            && e.contains("`static`"),
+        "{e}"
+    );
+
+    let e = refused("[topologies.p]\nhosts = []\n", &[]);
+    assert!(
+        e.contains("`topologies.p.strategy`") && e.contains("missing"),
+        "{e}"
+    );
+
+    let e = refused("[topologies.p]\nstrategy = \"static\"\n", &[]);
+    assert!(
+        e.contains("`topologies.p.hosts`") && e.contains("missing"),
+        "{e}"
+    );
+
+    let e = refused(
+        "[topologies.p]\nstrategy = \"static\"\nhosts = [\"nope\"]\n",
+        &[],
+    );
+    assert!(
+        e.contains("`topologies.p.hosts`") && e.contains("\"nope\""),
+        "{e}"
+    );
+
+    let e = refused(
+        "[topologies.p]\nstrategy = \"static\"\nhosts = []\nprune_after = 5\n",
+        &[],
+    );
+    assert!(
+        e.contains("`topologies.p.prune_after`") && e.contains('5'),
+        "{e}"
+    );
+
+    let e = refused("", &[("RALLYPOINT_MEMBERSHIP__DOWN_AFTER", "x")]);
+    assert!(
+        e.contains("`membership.down_after`") && e.contains("the environment"),
+        "{e}"
+    );
+
+    let e = refused("cookie = \"  \"\n", &[]);
+    assert!(e.contains("`cookie`") && e.contains("non-empty"), "{e}");
+
+    let e = refused("name = [1, 2\n", &[]);
+    assert!(e.contains("cannot load"), "{e}");
+}
+
+#[test]
+fn a_missing_file_is_refused() {
+    let e = Config::load(
+        Some(Path::new("/nonexistent/rallypoint.toml")),
+        env(&[]),
+        &Flags::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("/nonexistent/rallypoint.toml"), "{e}");
+}
+
+#[test]
+fn the_effective_configuration_prints_as_toml_with_the_cookie_redacted() {
+    let c = load(
+        "name = \"a@h\"\ncookie = \"s3cret\"\n[topologies.peers]\nstrategy = \"static\"\nhosts = [\"127.0.0.1:5\"]\n",
+        &[],
+        &Flags::default(),
+    )
+    .unwrap();
+    let text = toml::to_string(&c).expect("serializes");
+    assert!(!text.contains("s3cret"), "{text}");
+    assert!(text.contains("<redacted>"), "{text}");
+    assert!(text.contains("strategy = \"static\""), "{text}");
+    assert!(text.contains("down_after = \"3s\""), "{text}");
+    assert!(text.contains("prune_after = \"30s\""), "{text}");
+    // What it prints loads again, to the same configuration (the cookie aside).
+    let again = load(
+        &text.replace("cookie = \"<redacted>\"", ""),
+        &[],
+        &Flags::default(),
+    )
+    .unwrap();
+    assert_eq!(again.topologies, c.topologies);
+    assert_eq!(again.membership, c.membership);
+    assert_eq!(again.name, c.name);
+}

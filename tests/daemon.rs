@@ -1,0 +1,575 @@
+//! `rallypoint run` as real processes on loopback: the HTTP API, configuration errors,
+//! and cluster formation, failure and recovery as the API shows them.
+//!
+//! Each daemon runs with quick membership timing (heartbeat every 100 ms, down after
+//! 1 s) on its own free loopback ports. Every wait has a deadline; nothing sleeps to
+//! synchronise. Run: `cargo test --test daemon`.
+#![cfg(feature = "daemon")]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rallypoint::daemon::{api, client};
+use support::daemon::{BIN, Daemon, Seen, Spec};
+
+/// Formation and recovery deadlines: generous, for a busy machine.
+const FORM: Duration = Duration::from_secs(30);
+/// How long a failure may take to show.
+const DETECT: Duration = Duration::from_secs(20);
+
+fn names(w: &BTreeSet<&str>) -> Vec<String> {
+    w.iter().map(|s| s.to_string()).collect()
+}
+
+/// Runs the binary to completion (bounded by a watchdog), returning (status, stdout,
+/// stderr).
+fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("RALLYPOINT") {
+            cmd.env_remove(k);
+        }
+    }
+    let home = tempfile::tempdir().unwrap();
+    cmd.env("HOME", home.path())
+        .env("XDG_CONFIG_HOME", home.path().join("config"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(out) => {
+            let out = out.expect("output");
+            (
+                out.status,
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+        Err(_) => {
+            // SAFETY: kill(2) on our own child, which has not been reaped (the waiting
+            // thread still holds it).
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            panic!("rallypoint {args:?} did not finish within 30 s");
+        }
+    }
+}
+
+// ---------------------------------------------------------------- HTTP API and CLI
+
+#[tokio::test]
+async fn http_api_serves_health_members_and_an_event_stream() {
+    let a = Daemon::start(Spec::new("solo")).await;
+    let addr = a.spec.http_addr;
+
+    let health = client::get(addr, "/healthz").await.expect("healthz");
+    assert_eq!(health.trim(), "ok");
+
+    let m = a.members().await;
+    assert_eq!(m.local.name, "solo@127.0.0.1");
+    assert_eq!(
+        m.local.addr, a.spec.cluster_addr,
+        "advertises its cluster address"
+    );
+    assert!(
+        m.local.incarnation.parse::<u64>().is_ok(),
+        "incarnation is a decimal string: {:?}",
+        m.local.incarnation
+    );
+    assert_eq!(m.local.up_since, None, "self has no up_since");
+    assert!(m.members.is_empty());
+
+    // The raw JSON has exactly the documented shape.
+    let raw: serde_json::Value =
+        serde_json::from_str(&client::get(addr, "/v1/members").await.unwrap()).unwrap();
+    assert!(raw["self"]["incarnation"].is_string(), "{raw}");
+    assert_eq!(raw["members"], serde_json::json!([]));
+
+    // The event stream starts with the same body as a snapshot, with an id.
+    let mut events = client::EventStream::connect(addr, "/v1/events", None)
+        .await
+        .expect("event stream");
+    let first = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("snapshot in time")
+        .expect("stream ok")
+        .expect("an event");
+    assert_eq!(first.event, "snapshot");
+    assert_eq!(first.id.as_deref(), Some("0"));
+    let snap: api::Members = serde_json::from_str(&first.data).unwrap();
+    assert_eq!(snap, m);
+
+    // Unknown paths are 404.
+    match client::get(addr, "/v2/nothing").await {
+        Err(client::ClientError::Status { status: 404, .. }) => {}
+        other => panic!("expected 404, got {other:?}"),
+    }
+
+    // `rallypoint members`, as a table and as JSON.
+    let http = addr.to_string();
+    let (status, out, err) = run_cli(&["members", "--http-addr", &http], &[]);
+    assert!(status.success(), "members failed: {err}");
+    assert!(out.contains("this node: solo@127.0.0.1"), "{out}");
+    assert!(out.contains("0 members"), "{out}");
+    let (status, out, _) = run_cli(&["members", "--json"], &[("RALLYPOINT_HTTP_ADDR", &http)]);
+    assert!(status.success());
+    let parsed: api::Members = serde_json::from_str(&out).expect("members --json is the body");
+    assert_eq!(parsed, m);
+
+    // Against nothing, it fails with a clear message.
+    let nowhere = support::ports::free_addr().to_string();
+    let (status, _, err) = run_cli(&["members", "--http-addr", &nowhere], &[]);
+    assert!(!status.success());
+    assert!(
+        err.contains("cannot connect") && err.contains(&nowhere),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn on_sigterm_the_event_stream_ends_and_the_daemon_exits_zero() {
+    let mut a = Daemon::start(Spec::new("term")).await;
+    let mut events = client::EventStream::connect(a.spec.http_addr, "/v1/events", None)
+        .await
+        .expect("event stream");
+    let first = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("snapshot in time")
+        .expect("stream ok");
+    assert_eq!(first.map(|e| e.event).as_deref(), Some("snapshot"));
+
+    a.signal(libc::SIGTERM);
+    let status = a.wait_exit(Duration::from_secs(20)).await;
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        a.log()
+    );
+    // The stream ends rather than hanging.
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = events.next().await {}
+    })
+    .await;
+    assert!(end.is_ok(), "event stream ended");
+    assert!(a.log().contains("stopped"), "{}", a.log());
+}
+
+// ---------------------------------------------------------------- configuration
+
+/// Starts the daemon with this config file text (and flags); it must refuse to start.
+fn refused(toml: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, toml).unwrap();
+    let p = path.to_string_lossy().into_owned();
+    let mut all = vec!["run", "--config", &p];
+    all.extend_from_slice(args);
+    let (status, _, err) = run_cli(&all, env);
+    assert!(!status.success(), "refused to start; stderr:\n{err}");
+    assert!(
+        !err.contains("HTTP API listening"),
+        "never came up; stderr:\n{err}"
+    );
+    err
+}
+
+#[test]
+fn unknown_keys_and_bad_values_are_refused_with_the_key_named() {
+    let http = format!("http_addr = \"{}\"\n", support::ports::free_addr());
+
+    let err = refused(&format!("{http}colour = \"blue\"\n"), &[], &[]);
+    assert!(err.contains("`colour`"), "{err}");
+
+    let err = refused(
+        &format!("{http}[membership]\ndown_after = \"soon\"\n"),
+        &[],
+        &[],
+    );
+    assert!(
+        err.contains("`membership.down_after`") && err.contains("\"soon\""),
+        "{err}"
+    );
+
+    let err = refused(
+        &format!(
+            "{http}[topologies.peers]\nstrategy = \"static\"\nhosts = [\"127.0.0.1:1\"]\nhost = \"x\"\n"
+        ),
+        &[],
+        &[],
+    );
+    assert!(err.contains("`topologies.peers.host`"), "{err}");
+
+    let err = refused(
+        &format!("{http}[topologies.peers]\nstrategy = \"static\"\nhosts = [\"just-a-name\"]\n"),
+        &[],
+        &[],
+    );
+    assert!(
+        err.contains("`topologies.peers.hosts`") && err.contains("just-a-name"),
+        "{err}"
+    );
+
+    let err = refused(
+        &http,
+        &[],
+        &[("RALLYPOINT_MEMBERSHIP__HEARTBEAT_INTERVAL", "0s")],
+    );
+    assert!(
+        err.contains("`membership.heartbeat_interval`") && err.contains("the environment"),
+        "{err}"
+    );
+
+    let err = refused(&http, &["--static-hosts", "127.0.0.1:1,nonsense"], &[]);
+    assert!(err.contains("nonsense"), "{err}");
+
+    let err = refused(&http, &["--cluster-addr", "not-an-address"], &[]);
+    assert!(err.contains("--cluster-addr"), "{err}");
+}
+
+#[tokio::test]
+async fn flags_override_the_environment_which_overrides_the_file() {
+    let mut spec = Spec::new("file");
+    spec.env = vec![("RALLYPOINT_NAME".into(), "env@127.0.0.1".into())];
+    let a = Daemon::start(spec.clone()).await;
+    assert_eq!(a.members().await.local.name, "env@127.0.0.1");
+    drop(a);
+
+    let mut spec = Spec::new("file");
+    spec.env = vec![("RALLYPOINT_NAME".into(), "env@127.0.0.1".into())];
+    spec.args = vec!["--name".into(), "flag@127.0.0.1".into()];
+    let b = Daemon::start(spec).await;
+    assert_eq!(b.members().await.local.name, "flag@127.0.0.1");
+}
+
+// ---------------------------------------------------------------- the cluster
+
+/// Three nodes that list each other.
+async fn three() -> (Daemon, Daemon, Daemon) {
+    let (sa, sb, sc) = (Spec::new("a"), Spec::new("b"), Spec::new("c"));
+    let a = Daemon::start(sa.clone().peers(&[&sb, &sc])).await;
+    let b = Daemon::start(sb.clone().peers(&[&sa, &sc])).await;
+    let c = Daemon::start(sc.clone().peers(&[&sa, &sb])).await;
+    (a, b, c)
+}
+
+#[tokio::test]
+async fn three_nodes_with_static_hosts_form_a_full_mesh() {
+    let (a, b, c) = three().await;
+    let all: BTreeSet<&str> = [a.name(), b.name(), c.name()].into();
+    for d in [&a, &b, &c] {
+        let mut w = d.watch().await;
+        let mut others = all.clone();
+        others.remove(d.name());
+        w.wait_members(&others.iter().copied().collect::<Vec<_>>(), FORM)
+            .await;
+    }
+    // The member list says where each one is and since when.
+    let m = a.members().await;
+    let got: Vec<String> = m.members.iter().map(|n| n.name.clone()).collect();
+    let mut want = all.clone();
+    want.remove(a.name());
+    assert_eq!(got, names(&want));
+    for n in &m.members {
+        let spec = if n.name == b.name() { &b.spec } else { &c.spec };
+        assert_eq!(n.addr, spec.cluster_addr);
+        let since = n.up_since.as_deref().expect("members have up_since");
+        assert!(since.ends_with('Z'), "UTC: {since}");
+        humantime::parse_rfc3339(since).expect("RFC 3339");
+    }
+    let b_self = b.members().await.local;
+    let b_seen = m.members.iter().find(|n| n.name == b.name()).unwrap();
+    assert_eq!(b_seen.incarnation, b_self.incarnation, "same instance");
+}
+
+#[tokio::test]
+async fn kill_9_gives_nodedown_on_both_others_and_a_restart_a_nodeup_with_a_new_incarnation() {
+    let (a, b, mut c) = three().await;
+    let mut wa = a.watch().await;
+    let mut wb = b.watch().await;
+    wa.wait_members(&[b.name(), c.name()], FORM).await;
+    wb.wait_members(&[a.name(), c.name()], FORM).await;
+    let old = wa.members[c.name()].incarnation.clone();
+
+    // `rallypoint watch` on a prints the events too.
+    let mut watch_cli = Command::new(BIN)
+        .args(["watch", "--http-addr", &a.spec.http_addr.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn watch");
+    let watch_out = watch_cli.stdout.take().unwrap();
+    let (line_tx, mut line_rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(watch_out)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = tokio::time::timeout(Duration::from_secs(10), line_rx.recv())
+        .await
+        .expect("watch prints the snapshot")
+        .expect("a line");
+    assert!(
+        first.contains("snapshot") && first.contains("2 members"),
+        "{first}"
+    );
+
+    c.kill9();
+    for w in [&mut wa, &mut wb] {
+        let (node, reason) = w.wait_down(c.name(), DETECT).await;
+        assert_eq!(node.incarnation, old);
+        assert_eq!(
+            reason, "connection_closed",
+            "{}: kill -9 closes the connection",
+            w.owner
+        );
+    }
+    let line = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match line_rx.recv().await {
+                Some(l) if l.contains("nodedown") => return l,
+                Some(_) => continue,
+                None => panic!("watch ended"),
+            }
+        }
+    })
+    .await
+    .expect("watch prints the nodedown");
+    assert!(
+        line.contains(c.name()) && line.contains("connection_closed"),
+        "{line}"
+    );
+    let _ = watch_cli.kill();
+    let _ = watch_cli.wait();
+
+    let c2 = Daemon::start(c.spec.clone()).await;
+    for w in [&mut wa, &mut wb] {
+        let node = w.wait_up(c2.name(), FORM).await;
+        assert_ne!(node.incarnation, old, "{}: a new incarnation", w.owner);
+        assert!(
+            node.up_since.is_some(),
+            "a nodeup says since when: {node:?}"
+        );
+        assert_eq!(node.incarnation, c2.members().await.local.incarnation);
+    }
+}
+
+/// Waits for `d` to log that it refused `whom` for its cookie.
+async fn refused_by(d: &Daemon, whom: &str) -> String {
+    let what = format!("logged refusal of {whom} for its cookie");
+    d.wait_log(&what, DETECT, |l| {
+        l.contains("bad_cookie") && l.contains(whom)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_node_with_the_wrong_cookie_never_appears_and_is_refused_on_both_sides() {
+    let (sa, sb) = (Spec::new("a"), Spec::new("b"));
+    let a = Daemon::start(sa.clone().peers(&[&sb])).await;
+    let b = Daemon::start(sb.clone().peers(&[&sa])).await;
+    let mut wa = a.watch().await;
+    let mut wb = b.watch().await;
+    wa.wait_members(&[b.name()], FORM).await;
+    wb.wait_members(&[a.name()], FORM).await;
+
+    let intruder = Daemon::start(
+        Spec::new("mallory")
+            .cookie("wrong-cookie")
+            .peers(&[&sa, &sb]),
+    )
+    .await;
+    // Each side says whom it refused and why.
+    refused_by(&a, intruder.name()).await;
+    refused_by(&b, intruder.name()).await;
+    let line = refused_by(&intruder, a.name()).await;
+    assert!(line.contains("WARN"), "a refusal is a warning: {line}");
+
+    for w in [&mut wa, &mut wb] {
+        let later = w.drain(Duration::from_millis(200)).await;
+        assert!(
+            w.seen
+                .iter()
+                .chain(later.iter())
+                .all(|s| !matches!(s, Seen::Up(n) if n.name == intruder.name())),
+            "{}: the intruder never came up: {:?}",
+            w.owner,
+            w.seen
+        );
+    }
+    for d in [&a, &b] {
+        let m = d.members().await;
+        assert!(m.members.iter().all(|n| n.name != intruder.name()));
+        assert_eq!(m.members.len(), 1);
+    }
+    assert!(intruder.members().await.members.is_empty());
+}
+
+#[tokio::test]
+async fn a_node_listing_only_one_peer_ends_up_connected_to_all() {
+    let (sa, sb, sc) = (Spec::new("a"), Spec::new("b"), Spec::new("c"));
+    let a = Daemon::start(sa.clone().peers(&[&sb])).await;
+    let b = Daemon::start(sb.clone().peers(&[&sa])).await;
+    let mut wb = b.watch().await;
+    wb.wait_members(&[a.name()], FORM).await;
+
+    let c = Daemon::start(sc.clone().peers(&[&sa])).await;
+    let mut wc = c.watch().await;
+    wc.wait_members(&[a.name(), b.name()], FORM).await;
+    wb.wait_members(&[a.name(), c.name()], FORM).await;
+    let mut wa = a.watch().await;
+    wa.wait_members(&[b.name(), c.name()], FORM).await;
+}
+
+#[tokio::test]
+async fn garbage_an_oversized_frame_and_a_stalled_handshake_are_cut_off() {
+    let (sa, sb) = (Spec::new("a"), Spec::new("b"));
+    let a = Daemon::start(sa.clone().peers(&[&sb])).await;
+    let b = Daemon::start(sb.clone().peers(&[&sa])).await;
+    let mut wa = a.watch().await;
+    let mut wb = b.watch().await;
+    wa.wait_members(&[b.name()], FORM).await;
+    wb.wait_members(&[a.name()], FORM).await;
+    let seen_before = (wa.seen.len(), wb.seen.len());
+    let target = a.spec.cluster_addr;
+
+    // Each of these connections must be closed by the daemon (handshake timeout is 1 s
+    // in the test config); reads see EOF or a reset within the deadline.
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "garbage",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\nthis is not a frame".to_vec(),
+        ),
+        ("a small frame of junk", {
+            let mut v = 8u32.to_be_bytes().to_vec();
+            v.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef, 0xff, 0xff, 0xff, 0xff]);
+            v
+        }),
+        ("an oversized frame", {
+            let mut v = u32::MAX.to_be_bytes().to_vec();
+            v.extend_from_slice(&[0u8; 64]);
+            v
+        }),
+        ("a half-open handshake (a partial frame)", {
+            let mut v = 200u32.to_be_bytes().to_vec();
+            v.extend_from_slice(&[1u8; 10]);
+            v
+        }),
+        ("a silent connection", Vec::new()),
+    ];
+    let mut handles = Vec::new();
+    for (what, bytes) in cases {
+        handles.push(std::thread::spawn(move || {
+            let mut s = TcpStream::connect(target).expect("connect to the cluster port");
+            s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+            let _ = s.write_all(&bytes);
+            let mut buf = [0u8; 4096];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => return Ok(what),
+                    Ok(_) => continue,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::ConnectionReset
+                                | std::io::ErrorKind::ConnectionAborted
+                                | std::io::ErrorKind::BrokenPipe
+                        ) =>
+                    {
+                        return Ok(what);
+                    }
+                    Err(e) => return Err(format!("{what}: not cut off: {e}")),
+                }
+            }
+        }));
+    }
+    for h in handles {
+        let r = tokio::task::spawn_blocking(move || h.join().expect("thread"))
+            .await
+            .unwrap();
+        if let Err(e) = r {
+            panic!("{e}; log of a:\n{}", a.log());
+        }
+    }
+
+    // Nothing else was disturbed: the pair stayed up throughout, and a still answers.
+    for (w, before) in [(&mut wa, seen_before.0), (&mut wb, seen_before.1)] {
+        w.drain(Duration::from_millis(200)).await;
+        assert_eq!(
+            w.seen.len(),
+            before,
+            "{}: no event while the cluster port was attacked: {:?}",
+            w.owner,
+            &w.seen[before..]
+        );
+    }
+    assert_eq!(
+        client::get(a.spec.http_addr, "/healthz")
+            .await
+            .unwrap()
+            .trim(),
+        "ok"
+    );
+    assert_eq!(a.members().await.members.len(), 1);
+}
+
+#[tokio::test]
+async fn sigterm_gives_left_on_the_peers_and_exit_zero() {
+    let (sa, sb, sc) = (Spec::new("a"), Spec::new("b"), Spec::new("c"));
+    let a = Daemon::start(sa.clone().peers(&[&sb, &sc])).await;
+    let mut b = Daemon::start(sb.clone().peers(&[&sa, &sc])).await;
+    let c = Daemon::start(sc.clone().peers(&[&sa, &sb])).await;
+    let mut wa = a.watch().await;
+    let mut wc = c.watch().await;
+    wa.wait_members(&[b.name(), c.name()], FORM).await;
+    wc.wait_members(&[a.name(), b.name()], FORM).await;
+    // b itself must count both as up too, or it has nobody to say goodbye to.
+    b.watch()
+        .await
+        .wait_members(&[a.name(), c.name()], FORM)
+        .await;
+
+    b.signal(libc::SIGTERM);
+    for w in [&mut wa, &mut wc] {
+        let (_, reason) = w.wait_down(sb.name.as_str(), DETECT).await;
+        assert_eq!(reason, "left", "{}", w.owner);
+    }
+    let status = b.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[tokio::test]
+async fn ctrl_c_leaves_gracefully_too() {
+    let (sa, sb) = (Spec::new("a"), Spec::new("b"));
+    let a = Daemon::start(sa.clone().peers(&[&sb])).await;
+    let mut b = Daemon::start(sb.clone().peers(&[&sa])).await;
+    let mut wa = a.watch().await;
+    wa.wait_members(&[b.name()], FORM).await;
+    b.watch().await.wait_members(&[a.name()], FORM).await;
+
+    b.signal(libc::SIGINT);
+    let (_, reason) = wa.wait_down(sb.name.as_str(), DETECT).await;
+    assert_eq!(reason, "left");
+    let status = b.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "exit status {status:?}");
+}

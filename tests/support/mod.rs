@@ -1,0 +1,5 @@
+//! Shared harness code for the integration tests.
+#![allow(dead_code)]
+
+pub mod daemon;
+pub mod ports;
