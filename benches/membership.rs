@@ -139,6 +139,8 @@ async fn detection(frozen: bool) -> Duration {
     seed.shutdown().await;
     other.shutdown().await;
     if !frozen {
+        // Let the victim's runtime finish its blocking freeze-waiter, then join it.
+        drop(victim.freeze.take());
         let _ = victim.thread.take().unwrap().join();
     }
     // A frozen victim's thread is left to finish its sleep on its own.
