@@ -52,7 +52,7 @@ pub const KEYS: &[&str] = &[
 ];
 
 /// The strategies a topology can name in `strategy = "…"`.
-pub const STRATEGIES: &[&str] = &["static"];
+pub const STRATEGIES: &[&str] = &["static", "dns"];
 
 /// The keys of a `[topologies.NAME]` table that are not the strategy's own.
 pub const TOPOLOGY_KEYS: &[&str] = &["strategy", "authoritative", "prune_after"];
@@ -134,6 +134,10 @@ pub enum StrategyConfig {
     /// `strategy = "static"`: a fixed list of `host:port`.
     #[serde(rename = "static")]
     Static(static_hosts::Config),
+    /// `strategy = "dns"`: A/AAAA or SRV records of a name (feature `dns`).
+    #[cfg(feature = "dns")]
+    #[serde(rename = "dns")]
+    Dns(crate::strategies::dns::Config),
 }
 
 impl StrategyConfig {
@@ -159,7 +163,18 @@ impl StrategyConfig {
                 })?;
                 Ok(StrategyConfig::Static(config))
             }
-            // gossip, dns, kubernetes: one arm each here.
+            #[cfg(feature = "dns")]
+            "dns" => {
+                let config: crate::strategies::dns::Config = deserialize(key, table)?;
+                config.validate().map_err(|e| ConfigError::BadValue {
+                    key: format!("{key}.{}", e.key),
+                    value: e.value.clone(),
+                    origin: None,
+                    expected: e.expected.into(),
+                })?;
+                Ok(StrategyConfig::Dns(config))
+            }
+            // gossip, kubernetes: one arm each here.
             other => Err(ConfigError::BadValue {
                 key: format!("{key}.strategy"),
                 value: format!("{other:?}"),
@@ -173,6 +188,8 @@ impl StrategyConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             StrategyConfig::Static(_) => "static",
+            #[cfg(feature = "dns")]
+            StrategyConfig::Dns(_) => "dns",
         }
     }
 }
@@ -190,6 +207,15 @@ impl Topology {
                     StaticHosts::new(c.hosts.clone()).resolve_interval(c.resolve_interval);
                 builder.topology_with(name, strategy, options)
             }
+            #[cfg(feature = "dns")]
+            StrategyConfig::Dns(c) => match crate::strategies::dns::Dns::from_config(c.clone()) {
+                Ok(strategy) => builder.topology_with(name, strategy, options),
+                // Checked when the configuration was loaded.
+                Err(e) => {
+                    tracing::error!(topology = name, error = %e, "invalid dns topology");
+                    builder
+                }
+            },
         }
     }
 }

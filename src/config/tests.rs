@@ -105,6 +105,8 @@ fn file_then_environment_then_flags() {
     assert_eq!(c.http_addr.port(), 1002);
     match &c.topologies[STATIC_HOSTS_TOPOLOGY].strategy {
         StrategyConfig::Static(s) => assert_eq!(s.hosts, vec!["127.0.0.1:9".to_string()]),
+        #[allow(unreachable_patterns)]
+        other => panic!("not static: {other:?}"),
     }
 }
 
@@ -123,6 +125,8 @@ fn environment_sets_nested_topology_keys() {
     assert_eq!(t.authoritative, Some(true));
     match &t.strategy {
         StrategyConfig::Static(s) => assert_eq!(s.resolve_interval, Duration::from_secs(7)),
+        #[allow(unreachable_patterns)]
+        other => panic!("not static: {other:?}"),
     }
 }
 
@@ -313,4 +317,36 @@ fn the_effective_configuration_prints_as_toml_with_the_cookie_redacted() {
     assert_eq!(again.topologies, c.topologies);
     assert_eq!(again.membership, c.membership);
     assert_eq!(again.name, c.name);
+}
+
+#[cfg(feature = "dns")]
+#[test]
+fn a_dns_topology_is_read_and_its_bad_values_are_refused() {
+    let c = load(
+        r#"
+        [topologies.dns]
+        strategy = "dns"
+        query = "myapp-headless.default.svc.cluster.local"
+        record = "a"
+        interval = "2s"
+        nameservers = ["127.0.0.1:5353"]
+        prune_after = "10s"
+        "#,
+        &[],
+        &Flags::default(),
+    )
+    .unwrap();
+    let t = &c.topologies["dns"];
+    assert_eq!(t.strategy.kind(), "dns");
+    assert_eq!(t.prune_after, Duration::from_secs(10));
+    let e = refused(
+        "[topologies.d]\nstrategy = \"dns\"\nquery = \"x.example\"\nrecord = \"mx\"\n",
+        &[],
+    );
+    assert!(e.contains("topologies.d"), "{e}");
+    let e = refused(
+        "[topologies.d]\nstrategy = \"dns\"\nquery = \"x.example\"\nnameservers = [\"nope\"]\n",
+        &[],
+    );
+    assert!(e.contains("topologies.d.nameservers"), "{e}");
 }
