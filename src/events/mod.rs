@@ -145,6 +145,10 @@ impl Subscription {
                     return Some(Update::Event(ev));
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Start again at the tail (the old position may be overwritten again
+                    // before it is read), then read the snapshot: the same order as a new
+                    // subscription, so nothing falls between the two.
+                    self.rx = self.rx.resubscribe();
                     let snap = self.members.borrow().clone();
                     self.last_seq = snap.seq;
                     return Some(Update::Resync(snap));
