@@ -382,6 +382,8 @@ struct Runner {
     key: Key,
     heard: Heard,
     reported: Option<PeerSet>,
+    /// When the set was last computed: expiries after it are still to be looked at.
+    checked: std::time::Instant,
     send_failing: bool,
     counters: BTreeMap<&'static str, u64>,
     complaints: Complaints,
@@ -401,6 +403,7 @@ impl Runner {
             config,
             key,
             reported: None,
+            checked: std::time::Instant::now(),
             send_failing: false,
             counters: BTreeMap::new(),
             complaints: Complaints::default(),
@@ -422,7 +425,9 @@ impl Runner {
     /// Reports the set if it changed (or always, with `force`: that also clears a
     /// failure).
     fn report(&mut self, ctx: &Context, force: bool) {
-        let peers = self.heard.peers(std::time::Instant::now());
+        let now = std::time::Instant::now();
+        let peers = self.heard.peers(now);
+        self.checked = now;
         if force || self.reported.as_ref() != Some(&peers) {
             self.flush(ctx);
             ctx.report(peers.clone());
@@ -440,10 +445,9 @@ impl Runner {
         let mut next_send = tokio::time::Instant::now();
         self.report(ctx, true);
         loop {
-            let now = std::time::Instant::now();
             let expiry = self
                 .heard
-                .next_expiry(now)
+                .next_expiry(self.checked)
                 .map(tokio::time::Instant::from_std);
             tokio::select! {
                 _ = ctx.shutdown() => {

@@ -160,12 +160,15 @@ impl Heard {
             .retain(|_, e| now.saturating_duration_since(e.heard_at) < retain);
     }
 
-    /// When the next live sender stops being live, if any is.
-    pub fn next_expiry(&self, now: Instant) -> Option<Instant> {
+    /// The first time after `checked` at which a sender stops being live, if any does.
+    /// Pass the time of the last [`Heard::peers`] call: a sender that expired since then
+    /// gives a time already past, so that no expiry is missed however late the caller
+    /// looks.
+    pub fn next_expiry(&self, checked: Instant) -> Option<Instant> {
         self.senders
             .values()
-            .filter(|e| self.is_live(e, now))
             .map(|e| e.heard_at + self.live)
+            .filter(|&t| t > checked)
             .min()
     }
 
@@ -246,6 +249,11 @@ mod tests {
         h.accept(&hb("a@h", 1, 1, T0), T0, t).unwrap();
         assert_eq!(h.next_expiry(t), Some(t + Duration::from_secs(3)));
         let later = t + Duration::from_secs(3);
+        // Looked at late, the expiry is still due (in the past) until the set is checked.
+        assert_eq!(
+            h.next_expiry(t + Duration::from_secs(1)),
+            Some(t + Duration::from_secs(3))
+        );
         assert!(h.peers(later).is_empty());
         assert_eq!(h.next_expiry(later), None);
         // Still remembered: a copy within the window is refused.
