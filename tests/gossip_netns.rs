@@ -592,3 +592,74 @@ fn broadcast_only_forms_a_mesh() {
         n.stop();
     }
 }
+
+#[test]
+fn a_host_without_a_multicast_route_is_told_to_set_multicast_if_and_recovers() {
+    if !require_root("a_host_without_a_multicast_route_is_told_to_set_multicast_if_and_recovers") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let lab = Lab::new(1).expect("lab");
+    let ns = lab.host(0).ns.clone();
+    netns::ip(&["netns", "exec", &ns, "ip", "route", "del", "224.0.0.0/4"]).expect("route del");
+    let ip = lab.host(0).ip;
+    let (tx, rx) = mpsc::channel::<TopologyStatus>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = lab.block_on_in(0, move || async move {
+        use rallypoint::strategies::{Context, Strategy};
+        let me = Node {
+            name: format!("n0@{ip}").parse().unwrap(),
+            addr: SocketAddr::from((ip, rallypoint::DEFAULT_CLUSTER_PORT)),
+            incarnation: 1,
+        };
+        let (ctx, mut handle) = Context::new("lan", "gossip", me, rallypoint::Cookie::new("k"));
+        let task = tokio::spawn(Gossip::new(gossip()).unwrap().run(ctx));
+        let forward = async {
+            loop {
+                let st = handle.status.borrow_and_update().clone();
+                if tx.send(st).is_err() || handle.status.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = forward => {}
+            _ = stop_rx => {}
+        }
+        handle.shutdown.cancel();
+        let _ = task.await;
+    });
+    let wait = |what: &str, ok: &dyn Fn(&TopologyStatus) -> bool| -> TopologyStatus {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let st = rx
+                .recv_timeout(end.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+            if ok(&st) {
+                return st;
+            }
+        }
+    };
+    let st = wait("a join failure", &|st| st.last_error.is_some());
+    let err = st.last_error.unwrap();
+    assert!(
+        err.contains("cannot join multicast group") && err.contains("`multicast_if`"),
+        "{err}"
+    );
+    assert!(!st.reported);
+    netns::ip(&[
+        "netns",
+        "exec",
+        &ns,
+        "ip",
+        "route",
+        "add",
+        "224.0.0.0/4",
+        "dev",
+        "eth0",
+    ])
+    .expect("route add");
+    wait("recovery", &|st| st.reported && st.last_error.is_none());
+    let _ = stop_tx.send(());
+    thread.join().expect("host thread");
+}
