@@ -3,7 +3,7 @@
 //! Loopback multicast needs `multicast_if = 127.0.0.1` (so nothing leaves the host); each
 //! test uses its own port, shared by the strategies of that test.
 
-use std::net::UdpSocket;
+use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use tokio::task::JoinHandle;
