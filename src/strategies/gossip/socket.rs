@@ -231,7 +231,7 @@ pub(super) fn open(cfg: &Config) -> Result<Endpoint, SetupError> {
     socket.bind(&bind_addr.into()).map_err(|source| {
         let hint = match source.raw_os_error() {
             Some(libc_errno::EADDRINUSE) => {
-                "; another program holds this port without SO_REUSEPORT: change `port` (on every node)"
+                "; another program, or another user, holds this port without sharing it: change `port` (on every node)"
             }
             Some(libc_errno::EADDRNOTAVAIL) => {
                 "; `if_addr` is not an address of this host: change or remove `if_addr`"
