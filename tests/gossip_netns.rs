@@ -269,11 +269,9 @@ fn five_nodes_form_a_full_mesh_with_gossip_only() {
 }
 
 /// Five nodes that find each other by gossip all dial each other at once. Each should see
-/// exactly one `NodeUp` per peer and nothing else. Ignored while the membership core's
-/// simultaneous-dial tie-break can close a connection the other side already counts as
-/// up (seen as `NodeDown(connection_closed)` then `NodeUp` during formation).
+/// exactly one `NodeUp` per peer and nothing else: the simultaneous-dial tie-break never
+/// closes a connection the other side already counts as up.
 #[test]
-#[ignore = "membership core: simultaneous dials can flap during formation (reported)"]
 fn formation_has_no_flaps() {
     if !require_root("formation_has_no_flaps") {
         return;
