@@ -52,7 +52,10 @@ pub const KEYS: &[&str] = &[
 ];
 
 /// The strategies a topology can name in `strategy = "…"`.
-pub const STRATEGIES: &[&str] = &["static", "dns"];
+pub const STRATEGIES: &[&str] = &["static", "gossip", "dns"];
+
+/// The topology the daemon runs when none is configured: gossip with its defaults.
+pub const DEFAULT_TOPOLOGY: &str = "gossip";
 
 /// The keys of a `[topologies.NAME]` table that are not the strategy's own.
 pub const TOPOLOGY_KEYS: &[&str] = &["strategy", "authoritative", "prune_after"];
@@ -83,8 +86,10 @@ pub struct Config {
     pub cookie: Option<Secret>,
     /// Timing and limits of the membership protocol (`[membership]`).
     pub membership: membership::Config,
-    /// The topologies by name (`[topologies.NAME]`). None configured: no discovery; the
-    /// node waits for peers to dial it.
+    /// The topologies by name (`[topologies.NAME]`). When no layer mentions
+    /// `topologies` (and there is no `--static-hosts`), one topology named `gossip` runs
+    /// UDP multicast gossip with its defaults, so nodes on one LAN find each other with
+    /// no set-up.
     pub topologies: BTreeMap<String, Topology>,
 }
 
@@ -134,6 +139,9 @@ pub enum StrategyConfig {
     /// `strategy = "static"`: a fixed list of `host:port`.
     #[serde(rename = "static")]
     Static(static_hosts::Config),
+    /// `strategy = "gossip"`: authenticated UDP multicast heartbeats.
+    #[serde(rename = "gossip")]
+    Gossip(crate::strategies::gossip::Config),
     /// `strategy = "dns"`: A/AAAA or SRV records of a name (feature `dns`).
     #[cfg(feature = "dns")]
     #[serde(rename = "dns")]
@@ -174,7 +182,17 @@ impl StrategyConfig {
                 })?;
                 Ok(StrategyConfig::Dns(config))
             }
-            // gossip, kubernetes: one arm each here.
+            "gossip" => {
+                let config: crate::strategies::gossip::Config = deserialize(key, table)?;
+                config.validate().map_err(|e| ConfigError::BadValue {
+                    key: format!("{key}.{}", e.key),
+                    value: e.value.clone(),
+                    origin: None,
+                    expected: e.expected.to_string(),
+                })?;
+                Ok(StrategyConfig::Gossip(config))
+            }
+            // kubernetes: one arm here.
             other => Err(ConfigError::BadValue {
                 key: format!("{key}.strategy"),
                 value: format!("{other:?}"),
@@ -188,6 +206,7 @@ impl StrategyConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             StrategyConfig::Static(_) => "static",
+            StrategyConfig::Gossip(_) => "gossip",
             #[cfg(feature = "dns")]
             StrategyConfig::Dns(_) => "dns",
         }
@@ -207,6 +226,14 @@ impl Topology {
                     StaticHosts::new(c.hosts.clone()).resolve_interval(c.resolve_interval);
                 builder.topology_with(name, strategy, options)
             }
+            StrategyConfig::Gossip(c) => match crate::strategies::gossip::Gossip::new(c.clone()) {
+                Ok(strategy) => builder.topology_with(name, strategy, options),
+                // Checked when the configuration was loaded.
+                Err(e) => {
+                    tracing::error!(topology = name, error = %e, "invalid gossip topology");
+                    builder
+                }
+            },
             #[cfg(feature = "dns")]
             StrategyConfig::Dns(c) => match crate::strategies::dns::Dns::from_config(c.clone()) {
                 Ok(strategy) => builder.topology_with(name, strategy, options),
@@ -374,7 +401,7 @@ impl Config {
         let mut cookie_file: Option<(PathBuf, Option<String>)> = None;
         let mut cookie: Option<(Secret, Option<String>)> = None;
         let mut membership = membership::Config::default();
-        let mut topologies = BTreeMap::new();
+        let mut topologies = None;
         for (key, value) in root {
             match key.as_str() {
                 "name" => name = Some(deserialize::<NodeName>(&key, value)?),
@@ -408,7 +435,7 @@ impl Config {
                         expected: e.expected.into(),
                     })?;
                 }
-                "topologies" => topologies = parse_topologies(value)?,
+                "topologies" => topologies = Some(parse_topologies(value)?),
                 _ => {
                     return Err(ConfigError::UnknownKey {
                         origin: value.origin().map(str::to_owned),
@@ -444,7 +471,7 @@ impl Config {
             cookie_file: cookie_file.map(|(p, _)| p),
             cookie: cookie.map(|(s, _)| s),
             membership,
-            topologies,
+            topologies: topologies.unwrap_or_else(default_topologies),
         })
     }
 
@@ -490,6 +517,18 @@ fn first_origin(value: &Value) -> Option<String> {
         ValueKind::Array(a) => a.iter().find_map(first_origin),
         _ => None,
     }
+}
+
+/// The topologies when none is configured: gossip with its defaults.
+fn default_topologies() -> BTreeMap<String, Topology> {
+    BTreeMap::from([(
+        DEFAULT_TOPOLOGY.to_owned(),
+        Topology {
+            strategy: StrategyConfig::Gossip(crate::strategies::gossip::Config::default()),
+            authoritative: None,
+            prune_after: crate::TopologyOptions::default().prune_after,
+        },
+    )])
 }
 
 /// Parses the `topologies` table.
