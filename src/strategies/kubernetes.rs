@@ -248,9 +248,7 @@ impl Config {
         {
             return bad("service", s, "a Service name (a DNS label)");
         }
-        if self.cluster_domain.is_empty()
-            || !self.cluster_domain.split('.').all(is_dns_label)
-        {
+        if self.cluster_domain.is_empty() || !self.cluster_domain.split('.').all(is_dns_label) {
             return bad(
                 "cluster_domain",
                 &self.cluster_domain,
@@ -387,7 +385,10 @@ enum Ended {
     /// The server's history no longer has our version: list again.
     Expired,
     /// An error; `reconnect` asks for a new client (credentials re-read).
-    Failed { error: Failure, reconnect: bool },
+    Failed {
+        error: Failure,
+        reconnect: bool,
+    },
 }
 
 /// A discovery failure, with the hint shown to the operator.
@@ -575,7 +576,9 @@ impl Runner {
                 }
                 watcher::Event::InitApply(obj) => {
                     let (name, peers) = self.peers_of(ctx, &rules, &obj);
-                    listing.get_or_insert_with(BTreeMap::new).insert(name, peers);
+                    listing
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert(name, peers);
                 }
                 watcher::Event::InitDone => {
                     initial = false;
@@ -587,7 +590,9 @@ impl Runner {
                     ctx.count("events", 1);
                     self.expired_in_a_row = 0;
                     let (name, peers) = self.peers_of(ctx, &rules, &obj);
-                    let Some(cur) = current.as_mut() else { continue };
+                    let Some(cur) = current.as_mut() else {
+                        continue;
+                    };
                     if cur.get(&name) != Some(&peers) {
                         let before = union(Some(cur));
                         cur.insert(name, peers);
@@ -600,7 +605,9 @@ impl Runner {
                 watcher::Event::Delete(obj) => {
                     ctx.count("events", 1);
                     self.expired_in_a_row = 0;
-                    let Some(cur) = current.as_mut() else { continue };
+                    let Some(cur) = current.as_mut() else {
+                        continue;
+                    };
                     if cur.remove(&obj.name_any()).is_some() {
                         ctx.report(union(Some(cur)));
                     }
@@ -612,10 +619,13 @@ impl Runner {
     fn peers_of<K: Source>(&self, ctx: &Context, rules: &Rules, obj: &K) -> (String, Vec<Peer>) {
         let mut peers = Vec::new();
         let mut skipped = 0u64;
-        obj.peers(rules, &mut |ip, port, host| match rules.peer(ip, port, host) {
-            Some(p) => peers.push(p),
-            None => skipped += 1,
-        });
+        obj.peers(
+            rules,
+            &mut |ip, port, host| match rules.peer(ip, port, host) {
+                Some(p) => peers.push(p),
+                None => skipped += 1,
+            },
+        );
         if skipped > 0 {
             tracing::debug!(topology = %ctx.topology(), object = %obj.name_any(), skipped,
                 "endpoints skipped (no usable address or hostname)");
@@ -794,6 +804,10 @@ impl Rules {
     }
 }
 
+/// Where a [`Source`] sends each endpoint it takes: `(ip, port, Some((hostname,
+/// service)))`, the hostname empty and the service `None` where unknown.
+type Emit<'a> = dyn FnMut(&str, u16, Option<(&str, Option<&str>)>) + 'a;
+
 /// A resource the strategy can read peers from.
 trait Source:
     Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -805,11 +819,11 @@ trait Source:
     + 'static
 {
     /// Calls `out(ip, port, Some((hostname, service)))` for each endpoint to take.
-    fn peers(&self, rules: &Rules, out: &mut dyn FnMut(&str, u16, Option<(&str, Option<&str>)>));
+    fn peers(&self, rules: &Rules, out: &mut Emit<'_>);
 }
 
 impl Source for EndpointSlice {
-    fn peers(&self, rules: &Rules, out: &mut dyn FnMut(&str, u16, Option<(&str, Option<&str>)>)) {
+    fn peers(&self, rules: &Rules, out: &mut Emit<'_>) {
         if self.address_type != "IPv4" && self.address_type != "IPv6" {
             return; // FQDN slices name hosts, not addresses
         }
@@ -824,22 +838,26 @@ impl Source for EndpointSlice {
         for ep in &self.endpoints {
             let c = ep.conditions.as_ref();
             // `ready` unset means ready; older producers may set only `serving`.
-            let ready = c
-                .and_then(|c| c.ready.or(c.serving))
-                .unwrap_or(true);
+            let ready = c.and_then(|c| c.ready.or(c.serving)).unwrap_or(true);
             let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
             if terminating || !(ready || rules.include_not_ready) {
                 continue;
             }
             // Addresses are fungible; consumers may take the first.
-            let Some(addr) = ep.addresses.first() else { continue };
-            out(addr, port, Some((ep.hostname.as_deref().unwrap_or(""), service)));
+            let Some(addr) = ep.addresses.first() else {
+                continue;
+            };
+            out(
+                addr,
+                port,
+                Some((ep.hostname.as_deref().unwrap_or(""), service)),
+            );
         }
     }
 }
 
 impl Source for Endpoints {
-    fn peers(&self, rules: &Rules, out: &mut dyn FnMut(&str, u16, Option<(&str, Option<&str>)>)) {
+    fn peers(&self, rules: &Rules, out: &mut Emit<'_>) {
         let service = self.metadata.name.as_deref();
         for subset in self.subsets.iter().flatten() {
             let port = rules.port(
@@ -851,18 +869,26 @@ impl Source for Endpoints {
                     .map(|p| p.port),
             );
             let mut take = |a: &EndpointAddress| {
-                out(&a.ip, port, Some((a.hostname.as_deref().unwrap_or(""), service)));
+                out(
+                    &a.ip,
+                    port,
+                    Some((a.hostname.as_deref().unwrap_or(""), service)),
+                );
             };
             subset.addresses.iter().flatten().for_each(&mut take);
             if rules.include_not_ready {
-                subset.not_ready_addresses.iter().flatten().for_each(&mut take);
+                subset
+                    .not_ready_addresses
+                    .iter()
+                    .flatten()
+                    .for_each(&mut take);
             }
         }
     }
 }
 
 impl Source for Pod {
-    fn peers(&self, rules: &Rules, out: &mut dyn FnMut(&str, u16, Option<(&str, Option<&str>)>)) {
+    fn peers(&self, rules: &Rules, out: &mut Emit<'_>) {
         if self.metadata.deletion_timestamp.is_some() {
             return; // terminating
         }
@@ -1018,7 +1044,10 @@ mod tests {
             "app@10-0-0-5.prod.pod.cluster.local"
         );
         let p = rules(Mode::Dns).peer("fd00::5", 7, None).unwrap();
-        assert_eq!(p.name.unwrap().as_str(), "app@fd00--5.prod.pod.cluster.local");
+        assert_eq!(
+            p.name.unwrap().as_str(),
+            "app@fd00--5.prod.pod.cluster.local"
+        );
         let p = rules(Mode::Hostname)
             .peer("10.0.0.5", 7, Some(("web-0", Some("web"))))
             .unwrap();
@@ -1027,8 +1056,16 @@ mod tests {
             "app@web-0.web.prod.svc.cluster.local"
         );
         assert!(rules(Mode::Hostname).peer("10.0.0.5", 7, None).is_none());
-        assert!(rules(Mode::Hostname).peer("10.0.0.5", 7, Some(("", Some("web")))).is_none());
-        assert!(rules(Mode::Hostname).peer("10.0.0.5", 7, Some(("w", None))).is_none());
+        assert!(
+            rules(Mode::Hostname)
+                .peer("10.0.0.5", 7, Some(("", Some("web"))))
+                .is_none()
+        );
+        assert!(
+            rules(Mode::Hostname)
+                .peer("10.0.0.5", 7, Some(("w", None)))
+                .is_none()
+        );
         let mut r = rules(Mode::Hostname);
         r.service = Some("svc".into());
         let p = r.peer("10.0.0.5", 7, Some(("w", Some("other")))).unwrap();
@@ -1041,7 +1078,15 @@ mod tests {
 
     #[test]
     fn selector_check() {
-        for ok in ["app=x", "app==x", "a!=b", "app in (a, b),tier notin (db)", "a", "!a", "example.com/app=x"] {
+        for ok in [
+            "app=x",
+            "app==x",
+            "a!=b",
+            "app in (a, b),tier notin (db)",
+            "a",
+            "!a",
+            "example.com/app=x",
+        ] {
             assert!(selector_looks_valid(ok), "{ok}");
         }
         for bad in ["", " ", "a=b,", ",a", "a in (b", "a)", "a=b;c", "a=\"b\""] {

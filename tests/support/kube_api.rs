@@ -589,14 +589,32 @@ fn status(code: u16, reason: &str, message: &str, details: Option<Value>) -> Res
 /// A status with the reason and message the real server uses for that code.
 fn forced_status(code: u16) -> Response<Body> {
     let (reason, message) = match code {
-        400 => ("BadRequest", "the server rejected our request for an unknown reason"),
-        404 => ("NotFound", "the server could not find the requested resource"),
+        400 => (
+            "BadRequest",
+            "the server rejected our request for an unknown reason",
+        ),
+        404 => (
+            "NotFound",
+            "the server could not find the requested resource",
+        ),
         409 => ("Conflict", "the server reported a conflict"),
-        429 => ("TooManyRequests", "the server has received too many requests and has asked us to try again later"),
+        429 => (
+            "TooManyRequests",
+            "the server has received too many requests and has asked us to try again later",
+        ),
         500 => ("InternalError", "Internal error occurred: injected failure"),
-        503 => ("ServiceUnavailable", "the server is currently unable to handle the request"),
-        504 => ("Timeout", "the server was unable to return a response in the time allotted, but may still be processing the request"),
-        _ => ("", "an error on the server has prevented the request from succeeding"),
+        503 => (
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request",
+        ),
+        504 => (
+            "Timeout",
+            "the server was unable to return a response in the time allotted, but may still be processing the request",
+        ),
+        _ => (
+            "",
+            "an error on the server has prevented the request from succeeding",
+        ),
     };
     let details = (code == 500).then(|| json!({"causes": [{"message": "injected failure"}]}));
     status(code, reason, message, details)
@@ -656,10 +674,7 @@ async fn handle(shared: Arc<Shared>, req: Request<hyper::body::Incoming>) -> Res
     shared.lock().requests.push(format!(
         "{} {}",
         req.method(),
-        req.uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("")
+        req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("")
     ));
     wait_if_held(&shared, is_watch).await;
 
@@ -674,10 +689,20 @@ async fn handle(shared: Arc<Shared>, req: Request<hyper::body::Incoming>) -> Res
         return status(401, "Unauthorized", "Unauthorized", None);
     }
     if req.method() != hyper::Method::GET {
-        return status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource", None);
+        return status(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+            None,
+        );
     }
     let Some((kind, ns)) = route(&path) else {
-        return status(404, "NotFound", "the server could not find the requested resource", Some(json!({})));
+        return status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+            Some(json!({})),
+        );
     };
     if st.forbidden {
         let verb = if is_watch { "watch" } else { "list" };
@@ -701,10 +726,18 @@ async fn handle(shared: Arc<Shared>, req: Request<hyper::body::Incoming>) -> Res
     if let Some(code) = st.forced {
         return forced_status(code);
     }
-    let selector = match Selector::parse(query.get("labelSelector").map(String::as_str).unwrap_or("")) {
-        Ok(s) => s,
-        Err(e) => return status(400, "BadRequest", &format!("unable to parse requirement: {e}"), None),
-    };
+    let selector =
+        match Selector::parse(query.get("labelSelector").map(String::as_str).unwrap_or("")) {
+            Ok(s) => s,
+            Err(e) => {
+                return status(
+                    400,
+                    "BadRequest",
+                    &format!("unable to parse requirement: {e}"),
+                    None,
+                );
+            }
+        };
     if is_watch {
         watch_response(&shared, &mut st, kind, ns, selector, &query)
     } else {
@@ -721,22 +754,42 @@ fn list_response(
 ) -> Response<Body> {
     let expired = |msg: &str| status(410, "Expired", msg, None);
     // The version to serve at, and where a previous page ended.
-    let (at, after): (u64, Option<(String, String)>) = if let Some(token) = query.get("continue").filter(|t| !t.is_empty()) {
+    let (at, after): (u64, Option<(String, String)>) = if let Some(token) =
+        query.get("continue").filter(|t| !t.is_empty())
+    {
         let Some((rv, key)) = decode_continue(token) else {
-            return status(400, "BadRequest", "continue key is not valid: illegal base64 data", None);
+            return status(
+                400,
+                "BadRequest",
+                "continue key is not valid: illegal base64 data",
+                None,
+            );
         };
         if rv < st.compacted {
-            return expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.");
+            return expired(
+                "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
+            );
         }
         (rv, Some(key))
     } else {
-        match (query.get("resourceVersion").map(String::as_str), query.get("resourceVersionMatch").map(String::as_str)) {
+        match (
+            query.get("resourceVersion").map(String::as_str),
+            query.get("resourceVersionMatch").map(String::as_str),
+        ) {
             (Some(r), Some("Exact")) => {
                 let Ok(r) = r.parse::<u64>() else {
-                    return status(400, "BadRequest", &format!("resourceVersion: Invalid value: \"{r}\""), None);
+                    return status(
+                        400,
+                        "BadRequest",
+                        &format!("resourceVersion: Invalid value: \"{r}\""),
+                        None,
+                    );
                 };
                 if r < st.compacted {
-                    return expired(&format!("too old resource version: {r} ({})", st.compacted + 1));
+                    return expired(&format!(
+                        "too old resource version: {r} ({})",
+                        st.compacted + 1
+                    ));
                 }
                 (r.min(st.rv), None)
             }
@@ -755,7 +808,11 @@ fn list_response(
         .objects_at(kind, at)
         .into_iter()
         .filter(|(k, _)| ns.as_ref().is_none_or(|ns| *ns == k.1))
-        .filter(|(k, _)| after.as_ref().is_none_or(|(ans, aname)| (&k.1, &k.2) > (ans, aname)))
+        .filter(|(k, _)| {
+            after
+                .as_ref()
+                .is_none_or(|(ans, aname)| (&k.1, &k.2) > (ans, aname))
+        })
         .filter(|(_, v)| selector.matches(v))
         .collect();
     let mut meta = json!({"resourceVersion": at.to_string()});
@@ -831,7 +888,12 @@ fn watch_response(
         }
         Some(r) => {
             let Ok(r) = r.parse::<u64>() else {
-                return status(400, "BadRequest", &format!("resourceVersion: Invalid value: \"{r}\""), None);
+                return status(
+                    400,
+                    "BadRequest",
+                    &format!("resourceVersion: Invalid value: \"{r}\""),
+                    None,
+                );
             };
             if r < st.compacted {
                 let msg = format!("too old resource version: {r} ({})", st.compacted + 1);
@@ -929,7 +991,11 @@ impl Selector {
                 let ok = !w.is_empty()
                     && w.chars()
                         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/'));
-                if ok { Ok(w.to_owned()) } else { Err(format!("invalid label key or value {w:?}")) }
+                if ok {
+                    Ok(w.to_owned())
+                } else {
+                    Err(format!("invalid label key or value {w:?}"))
+                }
             };
             let set = |rest: &str| -> Result<Vec<String>, String> {
                 let inner = rest

@@ -21,7 +21,14 @@ fn labels(pairs: &[(&str, &str)]) -> Value {
 /// A pod with `labels`, IP `ip` (none: not yet scheduled), phase Running when it has
 /// an IP (else Pending), and a Ready condition `ready`. Its container exposes port
 /// `port` named `cluster`.
-pub fn pod(ns: &str, name: &str, pairs: &[(&str, &str)], ip: Option<&str>, ready: bool, port: u16) -> Value {
+pub fn pod(
+    ns: &str,
+    name: &str,
+    pairs: &[(&str, &str)],
+    ip: Option<&str>,
+    ready: bool,
+    port: u16,
+) -> Value {
     let mut status = json!({
         "phase": if ip.is_some() { "Running" } else { "Pending" },
         "conditions": [
@@ -112,7 +119,13 @@ impl Ep {
 
 /// An EndpointSlice of Service `service` with `endpoints`, and the port named
 /// `cluster` when `port` is given (plus an unnamed-looking `http` port).
-pub fn endpoint_slice(ns: &str, name: &str, service: &str, port: Option<u16>, endpoints: &[Ep]) -> Value {
+pub fn endpoint_slice(
+    ns: &str,
+    name: &str,
+    service: &str,
+    port: Option<u16>,
+    endpoints: &[Ep],
+) -> Value {
     let mut ports = vec![json!({"name": "http", "port": 8080, "protocol": "TCP"})];
     if let Some(p) = port {
         ports.push(json!({"name": PORT_NAME, "port": p, "protocol": "TCP"}));
@@ -179,7 +192,11 @@ pub fn endpoints(
     if !not_ready.is_empty() {
         subset["notReadyAddresses"] = json!(not_ready.iter().map(addr).collect::<Vec<_>>());
     }
-    let subsets = if ready.is_empty() && not_ready.is_empty() { json!([]) } else { json!([subset]) };
+    let subsets = if ready.is_empty() && not_ready.is_empty() {
+        json!([])
+    } else {
+        json!([subset])
+    };
     json!({
         "apiVersion": "v1",
         "kind": "Endpoints",
