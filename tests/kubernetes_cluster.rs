@@ -169,7 +169,10 @@ async fn three_nodes_form_through_endpointslices_and_scaling_down_prunes_one() {
     })
     .await
     .unwrap_or_else(|_| panic!("no pruned refusal: {:?}", nodes[0].stats()));
-    assert_eq!(members(&nodes[0]), BTreeSet::from(["app@127.0.0.2".to_owned()]));
+    assert_eq!(
+        members(&nodes[0]),
+        BTreeSet::from(["app@127.0.0.2".to_owned()])
+    );
 
     // Scaled up again: it is let back in.
     api.modify(Kind::EndpointSlice, NS, "app-x1", |o| {
