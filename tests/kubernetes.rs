@@ -1050,7 +1050,11 @@ async fn a_malformed_object_is_an_error_not_a_crash() {
         "endpoints": "garbage"
     }));
     let st = r
-        .wait("a decode error reported", |st| st.last_error.is_some())
+        .wait("a decode error reported", |st| {
+            st.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("decode") && e.contains("endpointslices"))
+        })
         .await;
     assert_eq!(*st.peers, good);
     assert!(!r.task.is_finished());

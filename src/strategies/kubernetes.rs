@@ -666,6 +666,16 @@ impl Runner {
                 };
             }
         };
+        if let kube::Error::SerdeError(e) = client_err {
+            return Ended::Failed {
+                error: Failure(format!(
+                    "cannot decode the {what} in namespace {ns} that {} sent \
+                     (an object that does not match the {what} schema): {e}",
+                    conn.server
+                )),
+                reconnect: false,
+            };
+        }
         let kube::Error::Api(status) = client_err else {
             return Ended::Failed {
                 error: Failure(format!(
@@ -677,6 +687,16 @@ impl Runner {
             };
         };
         match status.code {
+            // kube reads a watch line it cannot decode as an event as a Status, which
+            // then has no code: the server sent an object this client cannot decode.
+            0 => Ended::Failed {
+                error: Failure(format!(
+                    "cannot decode a watch event for {what} in namespace {ns} from {} \
+                     (an object that does not match the {what} schema)",
+                    conn.server
+                )),
+                reconnect: false,
+            },
             410 => Ended::Expired,
             401 => Ended::Failed {
                 error: Failure(format!(
