@@ -223,6 +223,40 @@ async fn endpointslice_endpoints_follow_readiness_and_deletion() {
 }
 
 #[tokio::test]
+async fn endpointslice_include_not_ready_takes_not_ready_but_never_terminating() {
+    let api = KubeApi::start(TOKEN).await;
+    let mut unset = endpoint_slice(NS, "app-abc", "app", None, &[Ep::ready("10.0.0.5", "e")]);
+    // Conditions left unset count as ready.
+    unset["endpoints"][0]
+        .as_object_mut()
+        .expect("endpoint")
+        .remove("conditions");
+    api.apply(unset);
+    api.apply(endpoint_slice(
+        NS,
+        "app-def",
+        "app",
+        None,
+        &[
+            Ep::ready("10.0.0.1", "a"),
+            Ep::ready("10.0.0.2", "b").not_ready(),
+            Ep::ready("10.0.0.3", "c").terminating(),
+        ],
+    ));
+    let mut r = run(api, |c| c.include_not_ready = true).await;
+    r.wait_set(
+        "ready, not-ready and condition-less endpoints, not the terminating one",
+        &set([
+            peer("10.0.0.1", OWN_PORT),
+            peer("10.0.0.2", OWN_PORT),
+            peer("10.0.0.5", OWN_PORT),
+        ]),
+    )
+    .await;
+    r.stop().await;
+}
+
+#[tokio::test]
 async fn endpoints_resource_ready_and_not_ready_addresses() {
     let api = KubeApi::start(TOKEN).await;
     api.apply(endpoints(
