@@ -1,1 +1,863 @@
-//! kubernetes strategy (being written).
+//! Kubernetes: the peers are the endpoints (or pods) that a label selector picks in a
+//! namespace, followed by a watch on the Kubernetes API.
+//!
+//! The strategy lists the objects once, then watches from the list's `resourceVersion`
+//! with bookmarks (kube-runtime's [`watcher`]); a change in the API reaches the
+//! candidate set within one round trip, where a poller waits for its next tick. A watch
+//! that the server ends is resumed from the last version seen; a `410 Gone` (the version
+//! has left the server's history) leads to a fresh list. Each list replaces the set as a
+//! whole, when it is complete (`Init … InitDone`), never piecemeal. A periodic full
+//! relist (`resync_interval`) is the safety net against anything missed.
+//!
+//! An API error (401, 403, 5xx, a timeout, an unreachable server) never empties the
+//! set: the last good set stays, the error is reported once as a transition with a hint
+//! of what to do (for a 403, the RBAC rule that is missing), and the strategy retries
+//! with exponential backoff ([`Backoff`]) and a fresh list.
+//!
+//! Credentials come from kube's inferred configuration: `KUBECONFIG` or
+//! `~/.kube/config` when present, else the pod's service account. The service-account
+//! token file is re-read by kube at least once a minute, and the client is rebuilt (so
+//! the file is read at once) whenever the server answers 401: a rotated token is picked
+//! up without a restart.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Endpoints, Pod};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::backoff::Backoff;
+use super::{Context, Peer, PeerSet, Strategy};
+use crate::node::NodeName;
+
+mod sources;
+use sources::{Rules, Source};
+
+/// Where the service account's namespace is mounted in a pod.
+pub const SERVICE_ACCOUNT_NAMESPACE_FILE: &str =
+    "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// Which Kubernetes resource the selector picks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResourceKind {
+    /// `discovery.k8s.io/v1` EndpointSlices (the default): the endpoints of the Services
+    /// whose slices carry the selected labels (usually `kubernetes.io/service-name=<svc>`).
+    #[default]
+    EndpointSlices,
+    /// `v1` Endpoints (deprecated since Kubernetes 1.33, still common).
+    Endpoints,
+    /// `v1` Pods, selected by their own labels.
+    Pods,
+}
+
+impl ResourceKind {
+    /// The resource's plural name, as in RBAC rules and URLs.
+    pub fn plural(self) -> &'static str {
+        match self {
+            ResourceKind::EndpointSlices => "endpointslices",
+            ResourceKind::Endpoints => "endpoints",
+            ResourceKind::Pods => "pods",
+        }
+    }
+
+    /// The resource's API group (`""` is the core group).
+    pub fn group(self) -> &'static str {
+        match self {
+            ResourceKind::EndpointSlices => "discovery.k8s.io",
+            ResourceKind::Endpoints | ResourceKind::Pods => "",
+        }
+    }
+}
+
+/// How a peer's node name is formed from what the API says about it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// `basename@10.0.0.5` (the default).
+    #[default]
+    Ip,
+    /// `basename@10-0-0-5.<namespace>.pod.<cluster domain>`.
+    Dns,
+    /// `basename@<hostname>.<service>.<namespace>.svc.<cluster domain>` (StatefulSets
+    /// behind a headless Service); endpoints without a hostname are skipped.
+    Hostname,
+}
+
+/// Configuration of the Kubernetes strategy (`strategy = "kubernetes"`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Label selector (required), as `kubectl -l` takes it: `app=myapp`,
+    /// `app in (a,b),tier!=db`. For EndpointSlices, `kubernetes.io/service-name=<svc>`
+    /// picks one Service's slices.
+    pub selector: String,
+    /// Namespace to look in. Default: the service account's namespace
+    /// (`/var/run/secrets/kubernetes.io/serviceaccount/namespace`), else the
+    /// kubeconfig context's namespace, else `default`.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// `endpointslices` (default), `endpoints` or `pods`.
+    #[serde(default)]
+    pub resource: ResourceKind,
+    /// Also take endpoints that are not ready (never terminating ones). Default false; set
+    /// it for clusters that must form before their pods report ready.
+    #[serde(default)]
+    pub include_not_ready: bool,
+    /// The name of the port (endpoint port or container port) that carries the cluster
+    /// protocol. Default `cluster`. Without such a port, peers are dialled on this
+    /// node's own cluster port.
+    #[serde(default = "default_port_name")]
+    pub port_name: String,
+    /// How peers' node names are formed: `ip` (default), `dns` or `hostname`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// The basename of peers' node names (`basename@host`). Default: this node's.
+    #[serde(default)]
+    pub node_basename: Option<String>,
+    /// The Service in `hostname` names. Default: the EndpointSlice's
+    /// `kubernetes.io/service-name` label, the Endpoints' name, the pod's `subdomain`.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// The cluster's DNS domain. Default `cluster.local`.
+    #[serde(default = "default_cluster_domain")]
+    pub cluster_domain: String,
+    /// How often everything is listed again, as a safety net under the watch. Default
+    /// 5 min.
+    #[serde(with = "humantime_serde", default = "default_resync_interval")]
+    pub resync_interval: Duration,
+    /// How long one list request may take before it counts as failed. Default 30 s.
+    #[serde(with = "humantime_serde", default = "default_request_timeout")]
+    pub request_timeout: Duration,
+    /// First delay before a retry after an error. Default 500 ms; it doubles with each
+    /// failure in a row, up to `backoff_max`.
+    #[serde(with = "humantime_serde", default = "default_backoff_initial")]
+    pub backoff_initial: Duration,
+    /// Longest delay between retries. Default 30 s.
+    #[serde(with = "humantime_serde", default = "default_backoff_max")]
+    pub backoff_max: Duration,
+    /// A kubeconfig file to use instead of kube's inference (`KUBECONFIG`,
+    /// `~/.kube/config`, then the in-cluster service account). Default: none.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+fn default_port_name() -> String {
+    "cluster".to_owned()
+}
+fn default_cluster_domain() -> String {
+    "cluster.local".to_owned()
+}
+fn default_resync_interval() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_backoff_initial() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for Config {
+    /// The defaults, with an empty selector (which [`Kubernetes::from_config`] refuses:
+    /// set one).
+    fn default() -> Self {
+        Config {
+            selector: String::new(),
+            namespace: None,
+            resource: ResourceKind::default(),
+            include_not_ready: false,
+            port_name: default_port_name(),
+            mode: Mode::default(),
+            node_basename: None,
+            service: None,
+            cluster_domain: default_cluster_domain(),
+            resync_interval: default_resync_interval(),
+            request_timeout: default_request_timeout(),
+            backoff_initial: default_backoff_initial(),
+            backoff_max: default_backoff_max(),
+            kubeconfig: None,
+        }
+    }
+}
+
+/// A configuration value the Kubernetes strategy refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("kubernetes: {key} = {value:?} is invalid: expected {expected}")]
+pub struct ConfigError {
+    /// The configuration key.
+    pub key: &'static str,
+    /// The value given.
+    pub value: String,
+    /// What was expected instead.
+    pub expected: &'static str,
+}
+
+impl Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, value: &dyn fmt::Display, expected| {
+            Err(ConfigError {
+                key,
+                value: value.to_string(),
+                expected,
+            })
+        };
+        if !selector_looks_valid(&self.selector) {
+            return bad(
+                "selector",
+                &self.selector,
+                "a label selector such as app=myapp or app in (a,b),tier!=db",
+            );
+        }
+        if let Some(ns) = &self.namespace
+            && !is_dns_label(ns)
+        {
+            return bad(
+                "namespace",
+                ns,
+                "a namespace name (lowercase letters, digits, '-', at most 63)",
+            );
+        }
+        if self.port_name.is_empty() || self.port_name.len() > 63 {
+            return bad("port_name", &self.port_name, "a port name such as cluster");
+        }
+        if let Some(b) = &self.node_basename
+            && NodeName::new(b, "h").is_err()
+        {
+            return bad(
+                "node_basename",
+                b,
+                "letters, digits, '_', '-', '.' (the part before '@')",
+            );
+        }
+        if let Some(s) = &self.service
+            && !is_dns_label(s)
+        {
+            return bad("service", s, "a Service name (a DNS label)");
+        }
+        if self.cluster_domain.is_empty() || !self.cluster_domain.split('.').all(is_dns_label) {
+            return bad(
+                "cluster_domain",
+                &self.cluster_domain,
+                "a DNS domain such as cluster.local",
+            );
+        }
+        for (key, d) in [
+            ("resync_interval", self.resync_interval),
+            ("request_timeout", self.request_timeout),
+            ("backoff_initial", self.backoff_initial),
+        ] {
+            if d.is_zero() {
+                return bad(key, &humantime::format_duration(d), "a duration above zero");
+            }
+        }
+        if self.backoff_max < self.backoff_initial {
+            return bad(
+                "backoff_max",
+                &humantime::format_duration(self.backoff_max),
+                "at least backoff_initial",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A DNS label as Kubernetes names use them: 1–63 of `a–z 0–9 -`, not starting or
+/// ending with `-`.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A shallow check of a label selector: not empty, no empty requirement, balanced
+/// parentheses, only the characters selectors use. The API server has the last word.
+fn selector_looks_valid(s: &str) -> bool {
+    let s = s.trim();
+    if s.is_empty() {
+        return false;
+    }
+    let mut depth = 0i32;
+    let mut term_len = 0usize;
+    for c in s.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                if term_len == 0 {
+                    return false;
+                }
+                term_len = 0;
+                continue;
+            }
+            c if c.is_ascii_alphanumeric()
+                || matches!(c, '.' | '-' | '_' | '/' | '=' | '!' | ' ' | ',') => {}
+            _ => return false,
+        }
+        if depth < 0 {
+            return false;
+        }
+        if !c.is_whitespace() {
+            term_len += 1;
+        }
+    }
+    depth == 0 && term_len > 0
+}
+
+/// The Kubernetes strategy. Authoritative by default: a peer gone from the API, or no
+/// longer ready, is pruned after the topology's `prune_after`.
+#[derive(Clone, Debug)]
+pub struct Kubernetes {
+    config: Config,
+}
+
+impl Kubernetes {
+    /// The strategy with its defaults, for the pods or endpoints `selector` picks.
+    pub fn new(selector: impl Into<String>) -> Result<Self, ConfigError> {
+        Self::from_config(Config {
+            selector: selector.into(),
+            ..Config::default()
+        })
+    }
+
+    /// The strategy from its configuration, refusing invalid values.
+    pub fn from_config(config: Config) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Kubernetes { config })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+impl Strategy for Kubernetes {
+    fn kind(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn authoritative(&self) -> bool {
+        true
+    }
+
+    async fn run(self, ctx: Context) {
+        let mut runner = Runner {
+            backoff: Backoff::new(self.config.backoff_initial, self.config.backoff_max),
+            config: self.config,
+            rng: rand::rngs::StdRng::from_entropy(),
+            client: None,
+            expired_in_a_row: 0,
+        };
+        runner.run(&ctx).await;
+    }
+}
+
+/// A connected client: the client, the namespace it looks in, the server's URL.
+#[derive(Clone)]
+struct Connection {
+    client: Client,
+    namespace: String,
+    server: String,
+}
+
+/// Why one watch session ended.
+enum Ended {
+    Shutdown,
+    /// Time for the periodic full relist.
+    Resync,
+    /// The server's history no longer has our version: list again.
+    Expired,
+    /// An error; `reconnect` asks for a new client (credentials re-read).
+    Failed {
+        error: Failure,
+        reconnect: bool,
+    },
+}
+
+/// A discovery failure, with the hint shown to the operator.
+#[derive(Debug)]
+struct Failure(String);
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+struct Runner {
+    config: Config,
+    backoff: Backoff,
+    rng: rand::rngs::StdRng,
+    client: Option<Connection>,
+    expired_in_a_row: u32,
+}
+
+impl Runner {
+    async fn run(&mut self, ctx: &Context) {
+        loop {
+            if ctx.is_shutting_down() {
+                return;
+            }
+            let conn = match &self.client {
+                Some(c) => c.clone(),
+                None => match self.connect().await {
+                    Ok(c) => {
+                        self.client = Some(c.clone());
+                        c
+                    }
+                    Err(e) => {
+                        ctx.failing(&e);
+                        if !self.pause(ctx).await {
+                            return;
+                        }
+                        continue;
+                    }
+                },
+            };
+            let ended = match self.config.resource {
+                ResourceKind::EndpointSlices => self.session::<EndpointSlice>(ctx, &conn).await,
+                ResourceKind::Endpoints => self.session::<Endpoints>(ctx, &conn).await,
+                ResourceKind::Pods => self.session::<Pod>(ctx, &conn).await,
+            };
+            match ended {
+                Ended::Shutdown => return,
+                Ended::Resync => ctx.count("resyncs", 1),
+                Ended::Expired => {
+                    ctx.count("expired", 1);
+                    self.expired_in_a_row += 1;
+                    // The first 410 relists at once; a server that keeps answering 410
+                    // is retried with backoff.
+                    if self.expired_in_a_row > 1 && !self.pause(ctx).await {
+                        return;
+                    }
+                }
+                Ended::Failed { error, reconnect } => {
+                    ctx.failing(&error);
+                    if reconnect {
+                        ctx.count("reconnects", 1);
+                        self.client = None;
+                    }
+                    if !self.pause(ctx).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits out the backoff; false on shutdown.
+    async fn pause(&mut self, ctx: &Context) -> bool {
+        let d = self.backoff.next_delay(&mut self.rng);
+        ctx.sleep(d).await
+    }
+
+    async fn connect(&self) -> Result<Connection, Failure> {
+        let config = match &self.config.kubeconfig {
+            Some(path) => {
+                let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+                    Failure(format!(
+                        "cannot read kubeconfig {}: {}",
+                        path.display(),
+                        chain(&e)
+                    ))
+                })?;
+                kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                    .await
+                    .map_err(|e| {
+                        Failure(format!(
+                            "cannot use kubeconfig {}: {}",
+                            path.display(),
+                            chain(&e)
+                        ))
+                    })?
+            }
+            None => kube::Config::infer().await.map_err(|e| {
+                Failure(format!(
+                    "no Kubernetes API configuration (not in a pod with a service account, \
+                     and no KUBECONFIG or ~/.kube/config): {}",
+                    chain(&e)
+                ))
+            })?,
+        };
+        let server = config.cluster_url.to_string();
+        let namespace = match &self.config.namespace {
+            Some(ns) => ns.clone(),
+            None => std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE_FILE)
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| is_dns_label(s))
+                .unwrap_or_else(|| config.default_namespace.clone()),
+        };
+        let client = Client::try_from(config).map_err(|e| {
+            Failure(format!(
+                "cannot make a Kubernetes client for {server}: {}",
+                chain(&e)
+            ))
+        })?;
+        Ok(Connection {
+            client,
+            namespace,
+            server,
+        })
+    }
+
+    /// One watch session: list, then watch, until an error, the resync time or
+    /// shutdown. Reports the set at each complete list and each change.
+    async fn session<K: Source>(&mut self, ctx: &Context, conn: &Connection) -> Ended {
+        let api: Api<K> = Api::namespaced(conn.client.clone(), &conn.namespace);
+        let wc = watcher::Config::default().labels(&self.config.selector);
+        let mut stream = watcher(api, wc).boxed();
+        let rules = Rules::new(&self.config, ctx, &conn.namespace);
+        let resync_at = tokio::time::Instant::now() + self.config.resync_interval;
+        // Peers per object name, as of the last complete list plus the changes since.
+        let mut current: Option<BTreeMap<String, Vec<Peer>>> = None;
+        // The list in progress.
+        let mut listing: Option<BTreeMap<String, Vec<Peer>>> = None;
+        // True until the first complete list: until then each step is a list request,
+        // bounded by request_timeout; after it, a quiet watch may be silent for long.
+        let mut initial = true;
+        loop {
+            let next = async {
+                if initial {
+                    tokio::time::timeout(self.config.request_timeout, stream.next()).await
+                } else {
+                    Ok(stream.next().await)
+                }
+            };
+            let item = tokio::select! {
+                _ = ctx.shutdown() => return Ended::Shutdown,
+                _ = tokio::time::sleep_until(resync_at) => return Ended::Resync,
+                item = next => item,
+            };
+            let event = match item {
+                Err(_) => {
+                    return Ended::Failed {
+                        error: Failure(format!(
+                            "listing {} in namespace {} at {} took longer than {} \
+                             (request_timeout); is the API server reachable?",
+                            self.config.resource.plural(),
+                            conn.namespace,
+                            conn.server,
+                            humantime::format_duration(self.config.request_timeout)
+                        )),
+                        reconnect: false,
+                    };
+                }
+                Ok(None) => {
+                    return Ended::Failed {
+                        error: Failure("the watch stream ended".to_owned()),
+                        reconnect: false,
+                    };
+                }
+                Ok(Some(Err(e))) => return self.classify(&e, conn),
+                Ok(Some(Ok(event))) => event,
+            };
+            match event {
+                watcher::Event::Init => {
+                    ctx.count("lists", 1);
+                    listing = Some(BTreeMap::new());
+                }
+                watcher::Event::InitApply(obj) => {
+                    let (name, peers) = self.peers_of(ctx, &rules, &obj);
+                    listing
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert(name, peers);
+                }
+                watcher::Event::InitDone => {
+                    initial = false;
+                    current = Some(listing.take().unwrap_or_default());
+                    self.backoff.reset();
+                    ctx.report(union(current.as_ref()));
+                }
+                watcher::Event::Apply(obj) => {
+                    ctx.count("events", 1);
+                    self.expired_in_a_row = 0;
+                    let (name, peers) = self.peers_of(ctx, &rules, &obj);
+                    let Some(cur) = current.as_mut() else {
+                        continue;
+                    };
+                    if cur.get(&name) != Some(&peers) {
+                        let before = union(Some(cur));
+                        cur.insert(name, peers);
+                        let after = union(Some(cur));
+                        if after != before {
+                            ctx.report(after);
+                        }
+                    }
+                }
+                watcher::Event::Delete(obj) => {
+                    ctx.count("events", 1);
+                    self.expired_in_a_row = 0;
+                    let Some(cur) = current.as_mut() else {
+                        continue;
+                    };
+                    if cur.remove(&obj.name_any()).is_some() {
+                        ctx.report(union(Some(cur)));
+                    }
+                }
+            }
+        }
+    }
+
+    fn peers_of<K: Source>(&self, ctx: &Context, rules: &Rules, obj: &K) -> (String, Vec<Peer>) {
+        let mut peers = Vec::new();
+        let mut skipped = 0u64;
+        obj.peers(
+            rules,
+            &mut |ip, port, host| match rules.peer(ip, port, host) {
+                Some(p) => peers.push(p),
+                None => skipped += 1,
+            },
+        );
+        if skipped > 0 {
+            tracing::debug!(topology = %ctx.topology(), object = %obj.name_any(), skipped,
+                "endpoints skipped (no usable address or hostname)");
+            ctx.count("skipped_endpoints", skipped);
+        }
+        peers.sort();
+        peers.dedup();
+        (obj.name_any(), peers)
+    }
+
+    /// Turns a watcher error into how the session ends, with an actionable message.
+    fn classify(&self, e: &watcher::Error, conn: &Connection) -> Ended {
+        let what = self.config.resource.plural();
+        let ns = &conn.namespace;
+        let client_err = match e {
+            watcher::Error::InitialListFailed(c)
+            | watcher::Error::WatchStartFailed(c)
+            | watcher::Error::WatchFailed(c) => c,
+            watcher::Error::WatchError(status) => {
+                if status.code == 410 {
+                    return Ended::Expired;
+                }
+                return Ended::Failed {
+                    error: Failure(format!(
+                        "the API server ended the watch on {what} with {} {}: {}",
+                        status.code, status.reason, status.message
+                    )),
+                    reconnect: status.code == 401,
+                };
+            }
+            watcher::Error::NoResourceVersion => {
+                return Ended::Failed {
+                    error: Failure(format!(
+                        "the API server listed {what} without a resourceVersion, so they \
+                         cannot be watched"
+                    )),
+                    reconnect: false,
+                };
+            }
+        };
+        if let kube::Error::SerdeError(e) = client_err {
+            return Ended::Failed {
+                error: Failure(format!(
+                    "cannot decode the {what} in namespace {ns} that {} sent \
+                     (an object that does not match the {what} schema): {e}",
+                    conn.server
+                )),
+                reconnect: false,
+            };
+        }
+        let kube::Error::Api(status) = client_err else {
+            return Ended::Failed {
+                error: Failure(format!(
+                    "cannot list or watch {what} at {}: {}",
+                    conn.server,
+                    chain(client_err)
+                )),
+                reconnect: false,
+            };
+        };
+        match status.code {
+            // kube reads a watch line it cannot decode as an event as a Status, which
+            // then has no code: the server sent an object this client cannot decode.
+            0 => Ended::Failed {
+                error: Failure(format!(
+                    "cannot decode a watch event for {what} in namespace {ns} from {} \
+                     (an object that does not match the {what} schema)",
+                    conn.server
+                )),
+                reconnect: false,
+            },
+            410 => Ended::Expired,
+            401 => Ended::Failed {
+                error: Failure(format!(
+                    "the API server at {} refused the credentials (401 Unauthorized: {}); \
+                     check the pod's service-account token or the kubeconfig's user \
+                     (the token file is read again before the next try)",
+                    conn.server, status.message
+                )),
+                reconnect: true,
+            },
+            403 => {
+                let group = self.config.resource.group();
+                Ended::Failed {
+                    error: Failure(format!(
+                        "forbidden (403: {}); grant the service account verbs get, list, watch \
+                         on resource {what:?} in apiGroup {group:?} in namespace {ns:?} \
+                         (a Role with that rule and a RoleBinding to the service account)",
+                        status.message
+                    )),
+                    reconnect: false,
+                }
+            }
+            code => Ended::Failed {
+                error: Failure(format!(
+                    "the API server at {} answered {code} {} for {what} in namespace {ns}: {}",
+                    conn.server, status.reason, status.message
+                )),
+                reconnect: false,
+            },
+        }
+    }
+}
+
+/// The union of the peers of all objects.
+fn union(objects: Option<&BTreeMap<String, Vec<Peer>>>) -> PeerSet {
+    objects
+        .into_iter()
+        .flat_map(|m| m.values())
+        .flatten()
+        .cloned()
+        .collect()
+}
+
+/// An error and its sources, `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_validation() {
+        let c: Config = parse(r#"{"selector": "app=x"}"#);
+        assert_eq!(c.resource, ResourceKind::EndpointSlices);
+        assert_eq!(c.mode, Mode::Ip);
+        assert_eq!(c.port_name, "cluster");
+        assert_eq!(c.cluster_domain, "cluster.local");
+        assert_eq!(c.resync_interval, Duration::from_secs(300));
+        assert!(Kubernetes::from_config(c.clone()).is_ok());
+
+        let c: Config = parse(
+            r#"{"selector": "app in (a,b),tier!=db", "resource": "pods", "mode": "hostname",
+                "resync_interval": "1m", "namespace": "prod"}"#,
+        );
+        assert_eq!(c.resource, ResourceKind::Pods);
+        assert!(Kubernetes::from_config(c).is_ok());
+
+        assert!(serde_json::from_str::<Config>(r#"{"selector": "a=b", "nope": 1}"#).is_err());
+        assert!(serde_json::from_str::<Config>(r#"{"selector": "a=b", "mode": "x"}"#).is_err());
+
+        for (cfg, key) in [
+            (Config::default(), "selector"),
+            (
+                Config {
+                    selector: "app=(x".into(),
+                    ..Config::default()
+                },
+                "selector",
+            ),
+            (
+                Config {
+                    selector: "a=b,,c".into(),
+                    ..Config::default()
+                },
+                "selector",
+            ),
+            (
+                Config {
+                    selector: "a=b".into(),
+                    namespace: Some("Bad_NS".into()),
+                    ..Config::default()
+                },
+                "namespace",
+            ),
+            (
+                Config {
+                    selector: "a=b".into(),
+                    cluster_domain: "..".into(),
+                    ..Config::default()
+                },
+                "cluster_domain",
+            ),
+            (
+                Config {
+                    selector: "a=b".into(),
+                    node_basename: Some("a b".into()),
+                    ..Config::default()
+                },
+                "node_basename",
+            ),
+            (
+                Config {
+                    selector: "a=b".into(),
+                    resync_interval: Duration::ZERO,
+                    ..Config::default()
+                },
+                "resync_interval",
+            ),
+            (
+                Config {
+                    selector: "a=b".into(),
+                    backoff_max: Duration::from_millis(1),
+                    ..Config::default()
+                },
+                "backoff_max",
+            ),
+        ] {
+            let err = Kubernetes::from_config(cfg).unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+            assert!(err.to_string().contains("expected"), "{err}");
+        }
+    }
+
+    fn parse(json: &str) -> Config {
+        serde_json::from_str(json).expect("config parses")
+    }
+
+    #[test]
+    fn selector_check() {
+        for ok in [
+            "app=x",
+            "app==x",
+            "a!=b",
+            "app in (a, b),tier notin (db)",
+            "a",
+            "!a",
+            "example.com/app=x",
+        ] {
+            assert!(selector_looks_valid(ok), "{ok}");
+        }
+        for bad in ["", " ", "a=b,", ",a", "a in (b", "a)", "a=b;c", "a=\"b\""] {
+            assert!(!selector_looks_valid(bad), "{bad}");
+        }
+    }
+}

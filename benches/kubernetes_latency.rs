@@ -1,0 +1,195 @@
+//! Kubernetes discovery latency (a plain program:
+//! `cargo bench --bench kubernetes_latency`), against the fake API server of
+//! `tests/support/kube_api.rs` on loopback:
+//!
+//! - from an EndpointSlice change at the API (an endpoint added or removed) to the
+//!   strategy's updated candidate set;
+//! - from that change to `NodeUp` on a running node, when the new endpoint is another
+//!   running node (127.0.0.1 learns of 127.0.0.2).
+//!
+//! libcluster's Kubernetes strategy polls every 5 s (`polling_interval`), so its
+//! latency is up to 5 s, 2.5 s on average. Prints one line per figure: median, p99 and
+//! range over the runs.
+
+#[path = "../tests/support/kube_api.rs"]
+mod kube_api;
+#[path = "../tests/support/kube_objects.rs"]
+mod kube_objects;
+
+use std::time::{Duration, Instant};
+
+use kube_api::{Kind, KubeApi};
+use kube_objects::{Ep, endpoint_slice};
+use rallypoint::node::Node;
+use rallypoint::strategies::kubernetes::{Config, Kubernetes};
+use rallypoint::strategies::{Context, Strategy};
+use rallypoint::{Cluster, Cookie, Event, TopologyOptions, Update};
+use serde_json::json;
+
+const TOKEN: &str = "bench";
+const NS: &str = "prod";
+
+fn summary(name: &str, mut xs: Vec<Duration>) {
+    xs.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let p99 = xs[(xs.len() * 99 / 100).min(xs.len() - 1)];
+    println!(
+        "{name}: median {:.2} ms, p99 {:.2} ms (min {:.2}, max {:.2}, runs {})",
+        ms(xs[xs.len() / 2]),
+        ms(p99),
+        ms(xs[0]),
+        ms(xs[xs.len() - 1]),
+        xs.len()
+    );
+}
+
+fn config(kubeconfig: std::path::PathBuf, selector: &str) -> Config {
+    Config {
+        selector: selector.into(),
+        kubeconfig: Some(kubeconfig),
+        ..Config::default()
+    }
+}
+
+/// API change → candidate set, `runs` times (one endpoint added per run).
+async fn candidate_set(runs: usize) -> Vec<Duration> {
+    let api = KubeApi::start(TOKEN).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = api.kubeconfig(dir.path(), TOKEN, NS);
+    api.apply(endpoint_slice(
+        NS,
+        "app-1",
+        "app",
+        Some(4000),
+        &[Ep::ready("10.1.0.1", "p")],
+    ));
+    let me = Node {
+        name: "app@10.255.0.1".parse().expect("name"),
+        addr: "10.255.0.1:45893".parse().expect("addr"),
+        incarnation: 1,
+    };
+    let (ctx, mut handle) = Context::new("k8s", "kubernetes", me, Cookie::new("c"));
+    let strategy = Kubernetes::from_config(config(kubeconfig, "kubernetes.io/service-name=app"))
+        .expect("config");
+    let task = tokio::spawn(strategy.run(ctx));
+    while !handle.status.borrow_and_update().reported {
+        handle.status.changed().await.expect("strategy alive");
+    }
+    let mut took = Vec::with_capacity(runs);
+    for i in 0..runs {
+        // Alternately one endpoint added (set of 2) and removed (set of 1).
+        let want = if i % 2 == 0 { 2 } else { 1 };
+        let t0 = Instant::now();
+        api.modify(Kind::EndpointSlice, NS, "app-1", |o| {
+            let ep = |ip: &str| json!({"addresses": [ip], "conditions": {"ready": true, "serving": true, "terminating": false}});
+            o["endpoints"] = if want == 2 {
+                json!([ep("10.1.0.1"), ep("10.1.0.2")])
+            } else {
+                json!([ep("10.1.0.1")])
+            };
+        });
+        while handle.status.borrow_and_update().peers.len() != want {
+            handle.status.changed().await.expect("strategy alive");
+        }
+        took.push(t0.elapsed());
+    }
+    handle.shutdown.cancel();
+    let _ = task.await;
+    took
+}
+
+/// A node with the Kubernetes strategy; `selector` picks what it dials.
+async fn node(ip: &str, port: u16, kubeconfig: std::path::PathBuf, selector: &str) -> Cluster {
+    Cluster::builder()
+        .name(format!("app@{ip}"))
+        .cluster_addr(format!("{ip}:{port}").parse().expect("addr"))
+        .cookie("bench")
+        .topology_with(
+            "k8s",
+            Kubernetes::from_config(config(kubeconfig, selector)).expect("config"),
+            TopologyOptions {
+                prune_after: Duration::from_millis(50),
+                ..TopologyOptions::default()
+            },
+        )
+        .start()
+        .await
+        .expect("start")
+}
+
+/// API change → `NodeUp`, `runs` times: node b is added to a's Service, a dials b; then b
+/// is removed (pruned) before the next run. b's own strategy watches another Service, so
+/// only a's discovery makes the connection.
+async fn nodeup(runs: usize) -> Vec<Duration> {
+    let api = KubeApi::start(TOKEN).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = api.kubeconfig(dir.path(), TOKEN, NS);
+    let probe = std::net::TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    let port = probe.local_addr().expect("addr").port();
+    drop(probe);
+    api.apply(endpoint_slice(
+        NS,
+        "app-1",
+        "app",
+        Some(port),
+        &[Ep::ready("127.0.0.1", "a")],
+    ));
+    api.apply(endpoint_slice(NS, "none-1", "none", Some(port), &[]));
+    let a = node(
+        "127.0.0.1",
+        port,
+        kubeconfig.clone(),
+        "kubernetes.io/service-name=app",
+    )
+    .await;
+    let b = node(
+        "127.0.0.2",
+        port,
+        kubeconfig,
+        "kubernetes.io/service-name=none",
+    )
+    .await;
+    let mut events = a.subscribe();
+    let mut took = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        api.modify(Kind::EndpointSlice, NS, "app-1", |o| {
+            o["endpoints"] = json!([
+                {"addresses": ["127.0.0.1"], "conditions": {"ready": true}},
+                {"addresses": ["127.0.0.2"], "conditions": {"ready": true}}
+            ]);
+        });
+        loop {
+            match events.recv().await.expect("events") {
+                Update::Event(Event::NodeUp(n)) if n.name == b.local().name => break,
+                _ => continue,
+            }
+        }
+        took.push(t0.elapsed());
+        api.modify(Kind::EndpointSlice, NS, "app-1", |o| {
+            o["endpoints"] = json!([{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]);
+        });
+        loop {
+            match events.recv().await.expect("events") {
+                Update::Event(Event::NodeDown { node, .. }) if node.name == b.local().name => break,
+                _ => continue,
+            }
+        }
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    if std::env::var_os("BENCH_VERBOSE").is_some() {
+        eprintln!("nodeup samples: {took:?}");
+    }
+    took
+}
+
+#[tokio::main]
+async fn main() {
+    summary(
+        "EndpointSlice change -> candidate set",
+        candidate_set(1000).await,
+    );
+    summary("EndpointSlice change -> NodeUp", nodeup(50).await);
+    println!("(libcluster's Kubernetes strategy: polls every 5 s, so up to 5000 ms)");
+}
