@@ -52,7 +52,7 @@ pub const KEYS: &[&str] = &[
 ];
 
 /// The strategies a topology can name in `strategy = "…"`.
-pub const STRATEGIES: &[&str] = &["static", "gossip", "dns"];
+pub const STRATEGIES: &[&str] = &["static", "gossip", "kubernetes", "dns"];
 
 /// The topology the daemon runs when none is configured: gossip with its defaults.
 pub const DEFAULT_TOPOLOGY: &str = "gossip";
@@ -142,6 +142,11 @@ pub enum StrategyConfig {
     /// `strategy = "gossip"`: authenticated UDP multicast heartbeats.
     #[serde(rename = "gossip")]
     Gossip(crate::strategies::gossip::Config),
+    /// `strategy = "kubernetes"`: endpoints chosen by a label selector, watched (feature
+    /// `kubernetes`).
+    #[cfg(feature = "kubernetes")]
+    #[serde(rename = "kubernetes")]
+    Kubernetes(crate::strategies::kubernetes::Config),
     /// `strategy = "dns"`: A/AAAA or SRV records of a name (feature `dns`).
     #[cfg(feature = "dns")]
     #[serde(rename = "dns")]
@@ -192,7 +197,19 @@ impl StrategyConfig {
                 })?;
                 Ok(StrategyConfig::Gossip(config))
             }
-            // kubernetes: one arm here.
+            #[cfg(feature = "kubernetes")]
+            "kubernetes" => {
+                let config: crate::strategies::kubernetes::Config = deserialize(key, table)?;
+                crate::strategies::kubernetes::Kubernetes::from_config(config.clone()).map_err(
+                    |e| ConfigError::BadValue {
+                        key: format!("{key}.{}", e.key),
+                        value: e.value.clone(),
+                        origin: None,
+                        expected: e.expected.to_string(),
+                    },
+                )?;
+                Ok(StrategyConfig::Kubernetes(config))
+            }
             other => Err(ConfigError::BadValue {
                 key: format!("{key}.strategy"),
                 value: format!("{other:?}"),
@@ -207,6 +224,8 @@ impl StrategyConfig {
         match self {
             StrategyConfig::Static(_) => "static",
             StrategyConfig::Gossip(_) => "gossip",
+            #[cfg(feature = "kubernetes")]
+            StrategyConfig::Kubernetes(_) => "kubernetes",
             #[cfg(feature = "dns")]
             StrategyConfig::Dns(_) => "dns",
         }
@@ -234,6 +253,17 @@ impl Topology {
                     builder
                 }
             },
+            #[cfg(feature = "kubernetes")]
+            StrategyConfig::Kubernetes(c) => {
+                match crate::strategies::kubernetes::Kubernetes::from_config(c.clone()) {
+                    Ok(strategy) => builder.topology_with(name, strategy, options),
+                    // Checked when the configuration was loaded.
+                    Err(e) => {
+                        tracing::error!(topology = name, error = %e, "invalid kubernetes topology");
+                        builder
+                    }
+                }
+            }
             #[cfg(feature = "dns")]
             StrategyConfig::Dns(c) => match crate::strategies::dns::Dns::from_config(c.clone()) {
                 Ok(strategy) => builder.topology_with(name, strategy, options),

@@ -25,7 +25,11 @@ async fn daemons_cluster_through_dns_and_a_removed_record_prunes_its_member() {
     let server = DnsServer::start().await;
     let name = "app.rp.test.";
     server
-        .set_ips(name, &[ip("127.0.0.2"), ip("127.0.0.3"), ip("127.0.0.4")], 1)
+        .set_ips(
+            name,
+            &[ip("127.0.0.2"), ip("127.0.0.3"), ip("127.0.0.4")],
+            1,
+        )
         .await;
     // One cluster port for all three, each on its own loopback address, as pods are.
     let port = free_port();
@@ -45,11 +49,15 @@ async fn daemons_cluster_through_dns_and_a_removed_record_prunes_its_member() {
     let c = Daemon::start(spec(4)).await;
     let mut wa = a.watch().await;
     let mut wb = b.watch().await;
-    wa.wait_members(&["app@127.0.0.3", "app@127.0.0.4"], WITHIN).await;
-    wb.wait_members(&["app@127.0.0.2", "app@127.0.0.4"], WITHIN).await;
+    wa.wait_members(&["app@127.0.0.3", "app@127.0.0.4"], WITHIN)
+        .await;
+    wb.wait_members(&["app@127.0.0.2", "app@127.0.0.4"], WITHIN)
+        .await;
 
     // c's record goes; c itself keeps running and keeps dialling.
-    server.set_ips(name, &[ip("127.0.0.2"), ip("127.0.0.3")], 1).await;
+    server
+        .set_ips(name, &[ip("127.0.0.2"), ip("127.0.0.3")], 1)
+        .await;
     for w in [&mut wa, &mut wb] {
         let (node, reason) = w.wait_down("app@127.0.0.4", WITHIN).await;
         assert_eq!(node.name, "app@127.0.0.4");

@@ -27,7 +27,9 @@ fn defaults() {
     assert_eq!(c.http_addr, crate::DEFAULT_HTTP_ADDR);
     assert_eq!(c.advertise_addr, None);
     assert_eq!(c.membership, membership::Config::default());
-    assert!(c.topologies.is_empty());
+    // No topology configured: gossip with its defaults.
+    assert_eq!(c.topologies.len(), 1);
+    assert_eq!(c.topologies[DEFAULT_TOPOLOGY].strategy.kind(), "gossip");
     assert!(c.load_cookie().unwrap().is_none());
 }
 

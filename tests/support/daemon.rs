@@ -93,7 +93,9 @@ impl Spec {
             "name = {:?}\ncluster_addr = \"{}\"\nhttp_addr = \"{}\"\n{FAST_MEMBERSHIP}",
             self.name, self.cluster_addr, self.http_addr
         );
-        if !self.peers.is_empty() {
+        // Always a topology: with none configured the daemon would gossip on the host's
+        // network, which tests must never do outside their own namespaces.
+        {
             let hosts: Vec<String> = self.peers.iter().map(|a| format!("\"{a}\"")).collect();
             t.push_str(&format!(
                 "\n[topologies.peers]\nstrategy = \"static\"\nhosts = [{}]\nresolve_interval = \"1s\"\n",
