@@ -54,6 +54,16 @@ async fn daemons_cluster_through_dns_and_a_removed_record_prunes_its_member() {
     wb.wait_members(&["app@127.0.0.2", "app@127.0.0.4"], WITHIN)
         .await;
 
+    // Pruning applies to peers an authoritative topology has listed: wait until both
+    // have seen c in DNS (c may have dialled in before that).
+    for d in [&a, &b] {
+        d.wait_log("the dns topology lists app@127.0.0.4", WITHIN, |l| {
+            l.contains("candidate peers changed")
+                && l.contains("topology=dns")
+                && l.contains("app@127.0.0.4")
+        })
+        .await;
+    }
     // c's record goes; c itself keeps running and keeps dialling.
     server
         .set_ips(name, &[ip("127.0.0.2"), ip("127.0.0.3")], 1)
