@@ -45,6 +45,7 @@ pub const KEYS: &[&str] = &[
     "cluster_addr",
     "advertise_addr",
     "http_addr",
+    "min_members",
     "cookie_file",
     "cookie",
     "membership",
@@ -73,6 +74,9 @@ pub struct Config {
     pub advertise_addr: Option<SocketAddr>,
     /// The address of the HTTP API. Default `127.0.0.1:45894`.
     pub http_addr: SocketAddr,
+    /// How many peers must be up for `/readyz` to answer 200. Default 0 (ready as soon
+    /// as the daemon runs).
+    pub min_members: usize,
     /// A file holding the cluster's cookie (white space around it is ignored).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cookie_file: Option<PathBuf>,
@@ -371,6 +375,7 @@ impl Config {
         let mut cluster_addr = SocketAddr::from(([0, 0, 0, 0], crate::DEFAULT_CLUSTER_PORT));
         let mut advertise_addr = None;
         let mut http_addr = crate::DEFAULT_HTTP_ADDR;
+        let mut min_members = 0;
         let mut cookie_file: Option<(PathBuf, Option<String>)> = None;
         let mut cookie: Option<(Secret, Option<String>)> = None;
         let mut membership = membership::Config::default();
@@ -381,6 +386,7 @@ impl Config {
                 "cluster_addr" => cluster_addr = deserialize(&key, value)?,
                 "advertise_addr" => advertise_addr = Some(deserialize(&key, value)?),
                 "http_addr" => http_addr = deserialize(&key, value)?,
+                "min_members" => min_members = deserialize(&key, value)?,
                 "cookie_file" => {
                     let origin = value.origin().map(str::to_owned);
                     cookie_file = Some((deserialize(&key, value)?, origin));
@@ -441,6 +447,7 @@ impl Config {
             cluster_addr,
             advertise_addr,
             http_addr,
+            min_members,
             cookie_file: cookie_file.map(|(p, _)| p),
             cookie: cookie.map(|(s, _)| s),
             membership,

@@ -573,3 +573,81 @@ async fn ctrl_c_leaves_gracefully_too() {
     let status = b.wait_exit(Duration::from_secs(20)).await;
     assert!(status.success(), "exit status {status:?}");
 }
+
+// ---------------------------------------------------------------- readiness, topologies
+
+/// `GET path`, as (status, body), whatever the status.
+async fn status_of(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    match tokio::time::timeout(Duration::from_secs(10), client::get(addr, path))
+        .await
+        .expect("answered in time")
+    {
+        Ok(body) => (200, body),
+        Err(client::ClientError::Status { status, body }) => (status, body),
+        Err(e) => panic!("GET {path}: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn readyz_flips_at_min_members_and_topologies_show_their_candidates() {
+    let (sa, sb) = (Spec::new("a"), Spec::new("b"));
+    let mut spec_a = sa.clone().peers(&[&sb]);
+    spec_a
+        .env
+        .push(("RALLYPOINT_MIN_MEMBERS".into(), "1".into()));
+    let a = Daemon::start(spec_a).await;
+    let addr = a.spec.http_addr;
+
+    // Alive, but not ready: no peer is up yet.
+    assert_eq!(status_of(addr, "/healthz").await.0, 200);
+    let (status, body) = status_of(addr, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let ready: api::Ready = serde_json::from_str(&body).expect("readyz JSON");
+    assert_eq!(
+        ready,
+        api::Ready {
+            ready: false,
+            members: 0,
+            min_members: 1
+        }
+    );
+
+    // The static topology lists b as its candidate, and has succeeded.
+    let deadline = tokio::time::Instant::now() + FORM;
+    let topology = loop {
+        let (status, body) = status_of(addr, "/v1/topologies").await;
+        assert_eq!(status, 200, "{body}");
+        let t: api::Topologies = serde_json::from_str(&body).expect("topologies JSON");
+        assert_eq!(t.topologies.len(), 1, "{body}");
+        let t = t.topologies.into_iter().next().unwrap();
+        if t.reported {
+            break t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reported: {body}"
+        );
+        // Polled, with the deadline above.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(topology.name, "peers");
+    assert_eq!(topology.strategy, "static");
+    let addrs: Vec<_> = topology.peers.iter().map(|p| p.addr).collect();
+    assert_eq!(addrs, vec![sb.cluster_addr]);
+    assert_eq!(topology.last_error, None);
+    assert_eq!(topology.errors_total, 0);
+    let since = topology.last_success.expect("last_success once reported");
+    humantime::parse_rfc3339(&since).expect("RFC 3339");
+
+    // b comes up: a becomes ready.
+    let b = Daemon::start(sb.clone().peers(&[&sa])).await;
+    let mut w = a.watch().await;
+    w.wait_members(&[b.name()], FORM).await;
+    let (status, body) = status_of(addr, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let ready: api::Ready = serde_json::from_str(&body).unwrap();
+    assert!(ready.ready && ready.members == 1, "{body}");
+
+    // Without `min_members`, a lone node is ready at once.
+    assert_eq!(status_of(b.spec.http_addr, "/readyz").await.0, 200);
+}

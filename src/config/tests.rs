@@ -350,3 +350,22 @@ fn a_dns_topology_is_read_and_its_bad_values_are_refused() {
     );
     assert!(e.contains("topologies.d.nameservers"), "{e}");
 }
+
+#[test]
+fn min_members_defaults_to_zero_and_is_checked() {
+    let c = Config::load(None, env(&[]), &Flags::default()).unwrap();
+    assert_eq!(c.min_members, 0);
+    let c = load("min_members = 2\n", &[], &Flags::default()).unwrap();
+    assert_eq!(c.min_members, 2);
+    let c = load(
+        "min_members = 2\n",
+        &[("RALLYPOINT_MIN_MEMBERS", "3")],
+        &Flags::default(),
+    )
+    .unwrap();
+    assert_eq!(c.min_members, 3, "the environment overrides the file");
+    let e = load("min_members = -1\n", &[], &Flags::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`min_members`") && e.contains("-1"), "{e}");
+}

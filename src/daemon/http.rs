@@ -4,7 +4,9 @@
 //! |---|---|
 //! | `GET /v1/members` | `{"self": NODE, "members": [NODE…]}` ([`api::Members`]) |
 //! | `GET /v1/events` | Server-Sent Events (see [`super::sse`]) |
+//! | `GET /v1/topologies` | each topology's strategy, candidates and health ([`api::Topologies`]) |
 //! | `GET /healthz` | `200 ok` while the daemon runs |
+//! | `GET /readyz` | `200` once at least `min_members` peers are up, else `503` ([`api::Ready`]) |
 
 use std::sync::Arc;
 
@@ -25,6 +27,8 @@ pub struct AppState {
     pub cluster: Arc<Cluster>,
     /// Cancelled when the daemon shuts down: ends the event streams.
     pub stop: CancellationToken,
+    /// How many peers must be up for `/readyz` to answer 200.
+    pub min_members: usize,
 }
 
 /// The API's routes.
@@ -32,7 +36,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/members", get(members))
         .route("/v1/events", get(events))
+        .route("/v1/topologies", get(topologies))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .with_state(state)
 }
 
@@ -46,4 +52,33 @@ async fn events(State(s): State<AppState>) -> impl IntoResponse {
 
 async fn healthz() -> impl IntoResponse {
     (StatusCode::OK, "ok\n")
+}
+
+async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    let members = s.cluster.snapshot().members.len();
+    let ready = members >= s.min_members;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(api::Ready {
+            ready,
+            members,
+            min_members: s.min_members,
+        }),
+    )
+}
+
+async fn topologies(State(s): State<AppState>) -> Json<api::Topologies> {
+    let mut topologies: Vec<api::Topology> = s
+        .cluster
+        .topologies()
+        .iter()
+        .map(|(name, status)| api::Topology::of(name, status))
+        .collect();
+    topologies.sort_by(|a, b| a.name.cmp(&b.name));
+    Json(api::Topologies { topologies })
 }

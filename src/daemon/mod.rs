@@ -108,6 +108,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let app = http::router(http::AppState {
         cluster: cluster.clone(),
         stop: stop.clone(),
+        min_members: config.min_members,
     });
     let server_stop = stop.clone();
     let mut server = tokio::spawn(async move {
