@@ -651,3 +651,144 @@ async fn readyz_flips_at_min_members_and_topologies_show_their_candidates() {
     // Without `min_members`, a lone node is ready at once.
     assert_eq!(status_of(b.spec.http_addr, "/readyz").await.0, 200);
 }
+
+// ---------------------------------------------------------------- metrics
+
+/// Parses the Prometheus text format strictly enough to catch a malformed answer:
+/// every sample line is `name{label="value",…} number`, belongs to a family declared
+/// by a `# TYPE` line before it (a counter's samples end in `_total`), label values are
+/// quoted, and the answer ends with `# EOF`. Returns the samples, keyed by
+/// `name{labels}` as written.
+fn parse_prometheus(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut types: std::collections::BTreeMap<String, String> = Default::default();
+    let mut samples = std::collections::BTreeMap::new();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.last(), Some(&"# EOF"), "ends with # EOF:\n{text}");
+    for line in &lines[..lines.len() - 1] {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+            assert!(
+                [
+                    "counter",
+                    "gauge",
+                    "histogram",
+                    "summary",
+                    "info",
+                    "unknown"
+                ]
+                .contains(&kind),
+                "{line}"
+            );
+            types.insert(name.to_owned(), kind.to_owned());
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.starts_with("# UNIT ") {
+            continue;
+        }
+        assert!(!line.starts_with('#'), "unexpected comment: {line}");
+        let (series, value) = line.rsplit_once(' ').expect("name value");
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("number: {line}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, Some(l.strip_suffix('}').expect("closing brace"))),
+            None => (series, None),
+        };
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "metric name: {line}"
+        );
+        if let Some(labels) = labels {
+            for pair in labels.split(',') {
+                let (k, v) = pair.split_once('=').expect("label=value");
+                assert!(
+                    k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    "{line}"
+                );
+                assert!(
+                    v.len() >= 2 && v.starts_with('"') && v.ends_with('"'),
+                    "{line}"
+                );
+            }
+        }
+        let family = match types.get(name) {
+            Some(_) => name.to_owned(),
+            None => {
+                let base = name.strip_suffix("_total").unwrap_or(name);
+                assert_eq!(
+                    types.get(base).map(String::as_str),
+                    Some("counter"),
+                    "a sample without a # TYPE before it: {line}"
+                );
+                base.to_owned()
+            }
+        };
+        if types[&family] == "counter" {
+            assert!(name.ends_with("_total"), "counter sample: {line}");
+        }
+        assert!(
+            samples.insert(series.to_owned(), value).is_none(),
+            "duplicate: {line}"
+        );
+    }
+    samples
+}
+
+async fn scrape(d: &Daemon) -> std::collections::BTreeMap<String, f64> {
+    let (status, body) = status_of(d.spec.http_addr, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    parse_prometheus(&body)
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
+    let (a, b, c) = three().await;
+    let mut w = a.watch().await;
+    w.wait_members(&[b.name(), c.name()], FORM).await;
+    let sa = a.spec.clone();
+    let intruder = Daemon::start(Spec::new("mallory").cookie("wrong-cookie").peers(&[&sa])).await;
+    refused_by(&a, intruder.name()).await;
+
+    let m = scrape(&a).await;
+    let get = |k: &str| -> f64 {
+        *m.get(k)
+            .unwrap_or_else(|| panic!("no sample {k} in {m:#?}"))
+    };
+    assert_eq!(get("rallypoint_members"), 2.0);
+    assert!(get("rallypoint_events_total{kind=\"nodeup\"}") >= 2.0);
+    assert_eq!(get("rallypoint_events_total{kind=\"nodedown\"}"), 0.0);
+    assert!(get("rallypoint_handshake_failures_total{reason=\"bad_cookie\"}") >= 1.0);
+    assert_eq!(
+        get("rallypoint_handshake_failures_total{reason=\"name_clash\"}"),
+        0.0
+    );
+    get("rallypoint_connect_attempts_total{result=\"ok\"}");
+    assert_eq!(get("rallypoint_discovered_peers{topology=\"peers\"}"), 2.0);
+    assert_eq!(
+        get("rallypoint_strategy_errors_total{topology=\"peers\"}"),
+        0.0
+    );
+    // Every attempt is counted under one result; a formed mesh had some succeed (the
+    // nodes started one after the other, so some dialled and some were dialled).
+    let attempts: f64 = ["ok", "refused", "timeout", "error"]
+        .iter()
+        .map(|r| {
+            get(&format!(
+                "rallypoint_connect_attempts_total{{result=\"{r}\"}}"
+            ))
+        })
+        .sum();
+    assert!(attempts >= 1.0, "{m:#?}");
+
+    // The intruder saw nobody.
+    let mi = scrape(&intruder).await;
+    assert_eq!(mi["rallypoint_members"], 0.0);
+
+    // A node going down is counted.
+    drop(c);
+    w.wait_down("c@127.0.0.1", DETECT).await;
+    let m = scrape(&a).await;
+    assert_eq!(m["rallypoint_members"], 1.0);
+    assert_eq!(m["rallypoint_events_total{kind=\"nodedown\"}"], 1.0);
+}

@@ -5,19 +5,20 @@
 //! | `GET /v1/members` | `{"self": NODE, "members": [NODE…]}` ([`api::Members`]) |
 //! | `GET /v1/events` | Server-Sent Events (see [`super::sse`]) |
 //! | `GET /v1/topologies` | each topology's strategy, candidates and health ([`api::Topologies`]) |
+//! | `GET /metrics` | the counters in the Prometheus text format (see [`super::metrics`]) |
 //! | `GET /healthz` | `200 ok` while the daemon runs |
 //! | `GET /readyz` | `200` once at least `min_members` peers are up, else `503` ([`api::Ready`]) |
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
-use super::{api, sse};
+use super::{api, metrics, sse};
 use crate::Cluster;
 
 /// What the handlers share.
@@ -29,6 +30,8 @@ pub struct AppState {
     pub stop: CancellationToken,
     /// How many peers must be up for `/readyz` to answer 200.
     pub min_members: usize,
+    /// The metrics, read at each scrape.
+    pub metrics: Arc<prometheus_client::registry::Registry>,
 }
 
 /// The API's routes.
@@ -37,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/members", get(members))
         .route("/v1/events", get(events))
         .route("/v1/topologies", get(topologies))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
@@ -81,4 +85,15 @@ async fn topologies(State(s): State<AppState>) -> Json<api::Topologies> {
         .collect();
     topologies.sort_by(|a, b| a.name.cmp(&b.name));
     Json(api::Topologies { topologies })
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    match metrics::render(&s.metrics) {
+        Ok(body) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot encode the metrics\n",
+        )
+            .into_response(),
+    }
 }

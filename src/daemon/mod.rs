@@ -3,7 +3,7 @@
 //!
 //! - [`cli`]: the command line (`run`, `members`, `watch`);
 //! - [`http`]: the HTTP API's routes; [`api`]: its JSON bodies; [`sse`]: the event
-//!   stream;
+//!   stream; [`metrics`]: the Prometheus metrics;
 //! - [`client`]: a small client for the API (used by `members` and `watch`).
 //!
 //! [`run`] is the daemon: it binds the HTTP API, starts the node with the configured
@@ -24,6 +24,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod http;
+pub mod metrics;
 pub mod sse;
 
 /// The longest the daemon waits for the cluster to leave gracefully on shutdown.
@@ -109,6 +110,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         cluster: cluster.clone(),
         stop: stop.clone(),
         min_members: config.min_members,
+        metrics: Arc::new(metrics::registry(cluster.clone())),
     });
     let server_stop = stop.clone();
     let mut server = tokio::spawn(async move {
