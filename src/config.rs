@@ -48,6 +48,7 @@ pub const KEYS: &[&str] = &[
     "min_members",
     "cookie_file",
     "cookie",
+    "http_token",
     "membership",
     "topologies",
 ];
@@ -85,6 +86,10 @@ pub struct Config {
     /// ([`Cookie::load_or_create_default`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cookie: Option<Secret>,
+    /// A bearer token the HTTP API requires on every route but `/healthz` and
+    /// `/readyz` (usually from `RALLYPOINT_HTTP_TOKEN`). Default: none, no token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_token: Option<Secret>,
     /// Timing and limits of the membership protocol (`[membership]`).
     pub membership: membership::Config,
     /// The topologies by name (`[topologies.NAME]`). None configured: no discovery; the
@@ -378,6 +383,7 @@ impl Config {
         let mut min_members = 0;
         let mut cookie_file: Option<(PathBuf, Option<String>)> = None;
         let mut cookie: Option<(Secret, Option<String>)> = None;
+        let mut http_token = None;
         let mut membership = membership::Config::default();
         let mut topologies = BTreeMap::new();
         for (key, value) in root {
@@ -403,6 +409,19 @@ impl Config {
                         });
                     }
                     cookie = Some((Secret(secret), origin));
+                }
+                "http_token" => {
+                    let origin = value.origin().map(str::to_owned);
+                    let token: String = deserialize(&key, value)?;
+                    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                        return Err(ConfigError::BadValue {
+                            key,
+                            value: "<redacted>".into(),
+                            origin,
+                            expected: "a non-empty token of printable ASCII without spaces".into(),
+                        });
+                    }
+                    http_token = Some(Secret(token));
                 }
                 "membership" => {
                     let origin = first_origin(&value);
@@ -450,6 +469,7 @@ impl Config {
             min_members,
             cookie_file: cookie_file.map(|(p, _)| p),
             cookie: cookie.map(|(s, _)| s),
+            http_token,
             membership,
             topologies,
         })

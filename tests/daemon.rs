@@ -792,3 +792,87 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
     assert_eq!(m["rallypoint_members"], 1.0);
     assert_eq!(m["rallypoint_events_total{kind=\"nodedown\"}"], 1.0);
 }
+
+// ---------------------------------------------------------------- bearer token
+
+/// `GET path` with a token, as (status, body), whatever the status.
+async fn status_with(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        client::get_with_token(addr, path, token),
+    )
+    .await
+    .expect("answered in time")
+    {
+        Ok(body) => (200, body),
+        Err(client::ClientError::Status { status, body }) => (status, body),
+        Err(e) => panic!("GET {path}: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn with_an_http_token_a_missing_or_wrong_token_gets_401_but_probes_do_not_need_it() {
+    let mut spec = Spec::new("guarded");
+    spec.env
+        .push(("RALLYPOINT_HTTP_TOKEN".into(), "s3cret-t0ken".into()));
+    let a = Daemon::start(spec).await;
+    let addr = a.spec.http_addr;
+
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(status_with(addr, path, None).await.0, 200, "{path}");
+    }
+    for path in ["/v1/members", "/v1/topologies", "/metrics", "/v1/events"] {
+        if path != "/v1/events" {
+            let (status, body) = status_with(addr, path, Some("s3cret-t0ken")).await;
+            assert_eq!(status, 200, "{path} with the token: {body}");
+        }
+        assert_eq!(status_with(addr, path, None).await.0, 401, "{path} without");
+        assert_eq!(
+            status_with(addr, path, Some("s3cret-t0keN")).await.0,
+            401,
+            "{path} with a wrong token"
+        );
+    }
+    // The event stream opens with the token, not without.
+    let mut events =
+        client::EventStream::connect_with_token(addr, "/v1/events", None, Some("s3cret-t0ken"))
+            .await
+            .expect("stream with the token");
+    let first = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("an event");
+    assert_eq!(first.event, "snapshot");
+    match client::EventStream::connect(addr, "/v1/events", None).await {
+        Err(client::ClientError::Status { status: 401, .. }) => {}
+        Err(e) => panic!("expected 401, got {e}"),
+        Ok(_) => panic!("expected 401, got a stream"),
+    }
+
+    // The CLI takes the token from a flag or the environment.
+    let http = addr.to_string();
+    let (status, out, err) = run_cli(
+        &[
+            "members",
+            "--http-addr",
+            &http,
+            "--http-token",
+            "s3cret-t0ken",
+        ],
+        &[],
+    );
+    assert!(status.success(), "{err}");
+    assert!(out.contains("this node: guarded@127.0.0.1"), "{out}");
+    let (status, _, err) = run_cli(
+        &["members", "--http-addr", &http],
+        &[("RALLYPOINT_HTTP_TOKEN", "s3cret-t0ken")],
+    );
+    assert!(status.success(), "{err}");
+    let (status, _, err) = run_cli(&["members", "--http-addr", &http], &[]);
+    assert!(!status.success());
+    assert!(err.contains("401"), "{err}");
+
+    // The token is never logged.
+    assert!(!a.log().contains("s3cret-t0ken"), "{}", a.log());
+}

@@ -369,3 +369,24 @@ fn min_members_defaults_to_zero_and_is_checked() {
         .to_string();
     assert!(e.contains("`min_members`") && e.contains("-1"), "{e}");
 }
+
+#[test]
+fn the_http_token_is_read_from_the_environment_and_redacted() {
+    let c = Config::load(None, env(&[]), &Flags::default()).unwrap();
+    assert!(c.http_token.is_none());
+    let c = load("", &[("RALLYPOINT_HTTP_TOKEN", "t0ken")], &Flags::default()).unwrap();
+    assert_eq!(c.http_token.as_ref().map(Secret::expose), Some("t0ken"));
+    let text = toml::to_string(&c).unwrap();
+    assert!(
+        !text.contains("t0ken") && text.contains("http_token = \"<redacted>\""),
+        "{text}"
+    );
+    assert!(!format!("{c:?}").contains("t0ken"));
+    let e = load("http_token = \"two words\"\n", &[], &Flags::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`http_token`") && !e.contains("two words"),
+        "{e}"
+    );
+}

@@ -98,6 +98,14 @@ pub struct ApiArgs {
         default_value_t = crate::DEFAULT_HTTP_ADDR
     )]
     pub http_addr: SocketAddr,
+    /// The API's bearer token, when it requires one (its `http_token`).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "RALLYPOINT_HTTP_TOKEN",
+        hide_env_values = true
+    )]
+    pub http_token: Option<String>,
 }
 
 /// `rallypoint members`.
@@ -142,9 +150,12 @@ pub enum CommandError {
 /// `rallypoint members`: prints the members in a table (or the JSON body).
 pub async fn members(args: &MembersArgs, out: &mut dyn Write) -> Result<(), CommandError> {
     let addr = args.api.http_addr;
-    let body = tokio::time::timeout(REQUEST_TIMEOUT, client::get(addr, "/v1/members"))
-        .await
-        .map_err(|_| CommandError::Timeout(addr, REQUEST_TIMEOUT))??;
+    let body = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        client::get_with_token(addr, "/v1/members", args.api.http_token.as_deref()),
+    )
+    .await
+    .map_err(|_| CommandError::Timeout(addr, REQUEST_TIMEOUT))??;
     if args.json {
         let _ = writeln!(out, "{}", body.trim_end());
         return Ok(());
@@ -207,7 +218,7 @@ pub async fn watch(args: &WatchArgs, out: &mut dyn Write) -> Result<(), CommandE
     let addr = args.api.http_addr;
     let mut events = tokio::time::timeout(
         REQUEST_TIMEOUT,
-        EventStream::connect(addr, "/v1/events", None),
+        EventStream::connect_with_token(addr, "/v1/events", None, args.api.http_token.as_deref()),
     )
     .await
     .map_err(|_| CommandError::Timeout(addr, REQUEST_TIMEOUT))??;

@@ -1,5 +1,8 @@
 //! The HTTP API (axum).
 //!
+//! With an `http_token` configured, every route but `/healthz` and `/readyz` requires
+//! `Authorization: Bearer TOKEN`; without it (or with another token) the answer is `401`.
+//!
 //! | route | answer |
 //! |---|---|
 //! | `GET /v1/members` | `{"self": NODE, "members": [NODE…]}` ([`api::Members`]) |
@@ -11,8 +14,9 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -32,18 +36,48 @@ pub struct AppState {
     pub min_members: usize,
     /// The metrics, read at each scrape.
     pub metrics: Arc<prometheus_client::registry::Registry>,
+    /// The bearer token the API requires, if any.
+    pub token: Option<Arc<str>>,
 }
 
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let guarded = Router::new()
         .route("/v1/members", get(members))
         .route("/v1/events", get(events))
         .route("/v1/topologies", get(topologies))
         .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .merge(guarded)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
+}
+
+/// Refuses a request without the configured bearer token.
+async fn require_token(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &s.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "a valid bearer token is required (Authorization: Bearer TOKEN)\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Compares two byte strings in a time that does not depend on where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn members(State(s): State<AppState>) -> Json<api::Members> {

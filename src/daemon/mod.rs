@@ -111,6 +111,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         stop: stop.clone(),
         min_members: config.min_members,
         metrics: Arc::new(metrics::registry(cluster.clone())),
+        token: config.http_token.as_ref().map(|t| Arc::from(t.expose())),
     });
     let server_stop = stop.clone();
     let mut server = tokio::spawn(async move {
