@@ -23,6 +23,7 @@ async fn main() -> ExitCode {
                 .map_err(Into::into),
             Err(e) => Err(e.into()),
         },
+        cli::Command::CheckConfig(c) => cli::check_config(c, &mut std::io::stdout()),
         cli::Command::Members(m) => cli::members(m, &mut std::io::stdout())
             .await
             .map_err(Into::into),

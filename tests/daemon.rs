@@ -876,3 +876,81 @@ async fn with_an_http_token_a_missing_or_wrong_token_gets_401_but_probes_do_not_
     // The token is never logged.
     assert!(!a.log().contains("s3cret-t0ken"), "{}", a.log());
 }
+
+// ---------------------------------------------------------------- check-config
+
+#[test]
+fn check_config_prints_the_effective_configuration_redacted_or_names_the_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rallypoint.toml");
+    std::fs::write(
+        &path,
+        "name = \"file@127.0.0.1\"\nmin_members = 2\n[membership]\ndown_after = \"5s\"\n\
+         [topologies.peers]\nstrategy = \"static\"\nhosts = [\"10.0.0.6:45893\"]\n",
+    )
+    .unwrap();
+    let p = path.to_string_lossy().into_owned();
+    let (status, out, err) = run_cli(
+        &[
+            "check-config",
+            "--config",
+            &p,
+            "--http-addr",
+            "127.0.0.1:9999",
+        ],
+        &[
+            ("RALLYPOINT_COOKIE", "cookie-s3cret"),
+            ("RALLYPOINT_NAME", "env@127.0.0.1"),
+        ],
+    );
+    assert!(status.success(), "{err}");
+    let printed: toml::Table = out.parse().expect("prints TOML");
+    assert_eq!(printed["name"].as_str(), Some("env@127.0.0.1"), "{out}");
+    assert_eq!(
+        printed["http_addr"].as_str(),
+        Some("127.0.0.1:9999"),
+        "{out}"
+    );
+    assert_eq!(printed["min_members"].as_integer(), Some(2), "{out}");
+    assert_eq!(printed["cookie"].as_str(), Some("<redacted>"), "{out}");
+    assert_eq!(
+        printed["membership"]["down_after"].as_str(),
+        Some("5s"),
+        "{out}"
+    );
+    assert_eq!(
+        printed["topologies"]["peers"]["hosts"][0].as_str(),
+        Some("10.0.0.6:45893"),
+        "{out}"
+    );
+    assert!(!out.contains("cookie-s3cret"), "{out}");
+
+    // What it prints is a valid configuration itself (the redacted secret aside).
+    let again = dir.path().join("again.toml");
+    std::fs::write(&again, out.replace("cookie = \"<redacted>\"", "")).unwrap();
+    let a = again.to_string_lossy().into_owned();
+    let (status, out2, err) = run_cli(&["check-config", "--config", &a], &[]);
+    assert!(status.success(), "{err}");
+    assert_eq!(out2, out.replace("cookie = \"<redacted>\"\n", ""));
+
+    // A bad configuration: exit 1, the key named, nothing on stdout.
+    std::fs::write(&path, "[membership]\ndown_after = \"soon\"\n").unwrap();
+    let (status, out, err) = run_cli(&["check-config", "--config", &p], &[]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("`membership.down_after`") && err.contains("\"soon\""),
+        "{err}"
+    );
+    std::fs::write(&path, "colour = \"blue\"\n").unwrap();
+    let (status, _, err) = run_cli(&["check-config", "--config", &p], &[]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("`colour`"), "{err}");
+    // An unreadable cookie file is caught too.
+    let (status, _, err) = run_cli(
+        &["check-config", "--cookie-file", "/nonexistent/cookie"],
+        &[],
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("/nonexistent/cookie"), "{err}");
+}

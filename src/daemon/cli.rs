@@ -1,4 +1,4 @@
-//! The command line: `rallypoint run | members | watch`.
+//! The command line: `rallypoint run | check-config | members | watch`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -29,6 +29,9 @@ pub struct Cli {
 pub enum Command {
     /// Run a node: join the cluster and serve the HTTP API until SIGTERM or Ctrl-C.
     Run(RunArgs),
+    /// Check the configuration (file, environment, flags, as `run` would load it) and
+    /// print it as TOML with secrets redacted; exit 1 naming the key at fault.
+    CheckConfig(RunArgs),
     /// Print the members a running node sees.
     Members(MembersArgs),
     /// Print membership events as they happen (from the node's /v1/events).
@@ -145,6 +148,17 @@ pub enum CommandError {
     /// The event stream ended: the node stopped.
     #[error("the node's event stream ended (did the node stop?)")]
     Ended,
+}
+
+/// `rallypoint check-config`: loads the configuration as `run` would (reading the
+/// cookie file, if any) and prints the effective configuration as TOML, secrets
+/// redacted.
+pub fn check_config(args: &RunArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let config = args.load()?;
+    config.load_cookie()?;
+    let text = toml::to_string(&config)?;
+    write!(out, "{text}")?;
+    Ok(())
 }
 
 /// `rallypoint members`: prints the members in a table (or the JSON body).
