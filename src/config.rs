@@ -46,12 +46,16 @@ pub const KEYS: &[&str] = &[
     "advertise_addr",
     "http_addr",
     "min_members",
+    "event_history",
     "cookie_file",
     "cookie",
     "http_token",
     "membership",
     "topologies",
 ];
+
+/// The default of `event_history`.
+pub const DEFAULT_EVENT_HISTORY: usize = 1024;
 
 /// The strategies a topology can name in `strategy = "…"`.
 pub const STRATEGIES: &[&str] = &["static", "dns"];
@@ -78,6 +82,10 @@ pub struct Config {
     /// How many peers must be up for `/readyz` to answer 200. Default 0 (ready as soon
     /// as the daemon runs).
     pub min_members: usize,
+    /// How many of the latest events the daemon keeps for SSE clients that reconnect
+    /// with `Last-Event-ID`. Default 1024; 0 keeps none (a reconnecting client always
+    /// gets a snapshot).
+    pub event_history: usize,
     /// A file holding the cluster's cookie (white space around it is ignored).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cookie_file: Option<PathBuf>,
@@ -381,6 +389,7 @@ impl Config {
         let mut advertise_addr = None;
         let mut http_addr = crate::DEFAULT_HTTP_ADDR;
         let mut min_members = 0;
+        let mut event_history = DEFAULT_EVENT_HISTORY;
         let mut cookie_file: Option<(PathBuf, Option<String>)> = None;
         let mut cookie: Option<(Secret, Option<String>)> = None;
         let mut http_token = None;
@@ -393,6 +402,7 @@ impl Config {
                 "advertise_addr" => advertise_addr = Some(deserialize(&key, value)?),
                 "http_addr" => http_addr = deserialize(&key, value)?,
                 "min_members" => min_members = deserialize(&key, value)?,
+                "event_history" => event_history = deserialize(&key, value)?,
                 "cookie_file" => {
                     let origin = value.origin().map(str::to_owned);
                     cookie_file = Some((deserialize(&key, value)?, origin));
@@ -467,6 +477,7 @@ impl Config {
             advertise_addr,
             http_addr,
             min_members,
+            event_history,
             cookie_file: cookie_file.map(|(p, _)| p),
             cookie: cookie.map(|(s, _)| s),
             http_token,

@@ -954,3 +954,106 @@ fn check_config_prints_the_effective_configuration_redacted_or_names_the_bad_key
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("/nonexistent/cookie"), "{err}");
 }
+
+// ---------------------------------------------------------------- resuming the stream
+
+async fn open(addr: std::net::SocketAddr, last_event_id: Option<String>) -> client::EventStream {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        client::EventStream::connect(addr, "/v1/events", last_event_id.as_deref()),
+    )
+    .await
+    .expect("stream opened in time")
+    .expect("stream")
+}
+
+async fn next_event(s: &mut client::EventStream) -> client::ServerEvent {
+    tokio::time::timeout(DETECT, s.next())
+        .await
+        .expect("an event in time")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+fn id_of(ev: &client::ServerEvent) -> u64 {
+    ev.id
+        .as_deref()
+        .expect("an id")
+        .parse()
+        .expect("a numeric id")
+}
+
+#[tokio::test]
+async fn the_event_stream_resumes_after_last_event_id_or_sends_a_fresh_snapshot() {
+    let (sa, sb) = (Spec::new("a"), Spec::new("b"));
+    let mut spec_a = sa.clone().peers(&[&sb]);
+    spec_a
+        .env
+        .push(("RALLYPOINT_EVENT_HISTORY".into(), "4".into()));
+    let a = Daemon::start(spec_a).await;
+    let addr = a.spec.http_addr;
+    // Follows everything, to know when each change has happened.
+    let mut w = a.watch().await;
+    let spec_b = sb.clone().peers(&[&sa]);
+    let mut b = Daemon::start(spec_b.clone()).await;
+    w.wait_up(b.name(), FORM).await;
+
+    // A client reads its snapshot, then goes away; b goes down meanwhile.
+    let snap = next_event(&mut open(addr, None).await).await;
+    assert_eq!(snap.event, "snapshot");
+    let seen = id_of(&snap);
+    b.kill9();
+    w.wait_down("b@127.0.0.1", DETECT).await;
+
+    // Back with Last-Event-ID: it gets what it missed, not a snapshot.
+    let mut s = open(addr, Some(seen.to_string())).await;
+    let ev = next_event(&mut s).await;
+    assert_eq!(ev.event, "nodedown", "{ev:?}");
+    assert_eq!(id_of(&ev), seen + 1);
+    let down: api::NodeDown = serde_json::from_str(&ev.data).unwrap();
+    assert_eq!(down.node.name, "b@127.0.0.1");
+
+    // Back with the latest id: nothing replayed; the next event is the next change.
+    let mut s = open(addr, Some((seen + 1).to_string())).await;
+    let b2 = Daemon::start(spec_b.clone()).await;
+    w.wait_up(b2.name(), FORM).await;
+    let ev = next_event(&mut s).await;
+    assert_eq!(ev.event, "nodeup", "{ev:?}");
+    assert_eq!(id_of(&ev), seen + 2);
+
+    // An id from the future, or not a number: a fresh snapshot.
+    for id in ["999999", "yesterday"] {
+        let ev = next_event(&mut open(addr, Some(id.into())).await).await;
+        assert_eq!(ev.event, "snapshot", "Last-Event-ID {id}: {ev:?}");
+        assert_eq!(id_of(&ev), seen + 2);
+    }
+
+    // Three more changes: the history (4 events) no longer holds seen + 1.
+    drop(b2);
+    w.wait_down("b@127.0.0.1", DETECT).await;
+    let b3 = Daemon::start(spec_b.clone()).await;
+    w.wait_up(b3.name(), FORM).await;
+    drop(b3);
+    w.wait_down("b@127.0.0.1", DETECT).await;
+    let ev = next_event(&mut open(addr, Some(seen.to_string())).await).await;
+    assert_eq!(ev.event, "snapshot", "too old: {ev:?}");
+    assert_eq!(id_of(&ev), seen + 5);
+    // One event later, all four are still held.
+    let mut s = open(addr, Some((seen + 1).to_string())).await;
+    let kinds = [
+        next_event(&mut s).await,
+        next_event(&mut s).await,
+        next_event(&mut s).await,
+        next_event(&mut s).await,
+    ];
+    let got: Vec<(String, u64)> = kinds.iter().map(|e| (e.event.clone(), id_of(e))).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("nodeup".into(), seen + 2),
+            ("nodedown".into(), seen + 3),
+            ("nodeup".into(), seen + 4),
+            ("nodedown".into(), seen + 5),
+        ]
+    );
+}

@@ -390,3 +390,16 @@ fn the_http_token_is_read_from_the_environment_and_redacted() {
         "{e}"
     );
 }
+
+#[test]
+fn event_history_defaults_to_1024() {
+    let c = Config::load(None, env(&[]), &Flags::default()).unwrap();
+    assert_eq!(c.event_history, DEFAULT_EVENT_HISTORY);
+    assert_eq!(DEFAULT_EVENT_HISTORY, 1024);
+    let c = load("event_history = 0\n", &[], &Flags::default()).unwrap();
+    assert_eq!(c.event_history, 0);
+    let e = load("event_history = \"lots\"\n", &[], &Flags::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`event_history`") && e.contains("lots"), "{e}");
+}

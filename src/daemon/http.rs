@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -36,6 +36,8 @@ pub struct AppState {
     pub min_members: usize,
     /// The metrics, read at each scrape.
     pub metrics: Arc<prometheus_client::registry::Registry>,
+    /// The latest events, for SSE clients that resume.
+    pub history: Arc<sse::History>,
     /// The bearer token the API requires, if any.
     pub token: Option<Arc<str>>,
 }
@@ -84,8 +86,9 @@ async fn members(State(s): State<AppState>) -> Json<api::Members> {
     Json(api::Members::of(&s.cluster.snapshot()))
 }
 
-async fn events(State(s): State<AppState>) -> impl IntoResponse {
-    sse::events(&s.cluster, s.stop.child_token())
+async fn events(State(s): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
+    let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    sse::events(&s.cluster, &s.history, last, s.stop.child_token()).await
 }
 
 async fn healthz() -> impl IntoResponse {

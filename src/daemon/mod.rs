@@ -111,6 +111,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         stop: stop.clone(),
         min_members: config.min_members,
         metrics: Arc::new(metrics::registry(cluster.clone())),
+        history: sse::History::start(&cluster, config.event_history, stop.clone()),
         token: config.http_token.as_ref().map(|t| Arc::from(t.expose())),
     });
     let server_stop = stop.clone();
