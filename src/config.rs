@@ -50,6 +50,7 @@ pub const KEYS: &[&str] = &[
     "cookie_file",
     "cookie",
     "http_token",
+    "log_format",
     "membership",
     "topologies",
 ];
@@ -98,11 +99,25 @@ pub struct Config {
     /// `/readyz` (usually from `RALLYPOINT_HTTP_TOKEN`). Default: none, no token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_token: Option<Secret>,
+    /// How the daemon writes its logs (to stderr): `text` (default) or `json` (one
+    /// object a line). The level comes from `RUST_LOG`.
+    pub log_format: LogFormat,
     /// Timing and limits of the membership protocol (`[membership]`).
     pub membership: membership::Config,
     /// The topologies by name (`[topologies.NAME]`). None configured: no discovery; the
     /// node waits for peers to dial it.
     pub topologies: BTreeMap<String, Topology>,
+}
+
+/// How logs are written (`log_format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 /// A secret string: `Debug` and `Serialize` show `<redacted>`.
@@ -393,6 +408,7 @@ impl Config {
         let mut cookie_file: Option<(PathBuf, Option<String>)> = None;
         let mut cookie: Option<(Secret, Option<String>)> = None;
         let mut http_token = None;
+        let mut log_format = LogFormat::default();
         let mut membership = membership::Config::default();
         let mut topologies = BTreeMap::new();
         for (key, value) in root {
@@ -420,6 +436,7 @@ impl Config {
                     }
                     cookie = Some((Secret(secret), origin));
                 }
+                "log_format" => log_format = deserialize(&key, value)?,
                 "http_token" => {
                     let origin = value.origin().map(str::to_owned);
                     let token: String = deserialize(&key, value)?;
@@ -481,6 +498,7 @@ impl Config {
             cookie_file: cookie_file.map(|(p, _)| p),
             cookie: cookie.map(|(s, _)| s),
             http_token,
+            log_format,
             membership,
             topologies,
         })

@@ -1057,3 +1057,37 @@ async fn the_event_stream_resumes_after_last_event_id_or_sends_a_fresh_snapshot(
         ]
     );
 }
+
+// ---------------------------------------------------------------- log format
+
+#[tokio::test]
+async fn log_format_json_writes_one_json_object_a_line() {
+    let mut spec = Spec::new("jsonlog");
+    spec.env
+        .push(("RALLYPOINT_LOG_FORMAT".into(), "json".into()));
+    let a = Daemon::start(spec).await;
+    let log = a.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+    let ready = lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["fields"]["message"] == "HTTP API listening")
+        .expect("the ready line");
+    assert!(
+        ready["fields"]["node"]
+            .as_str()
+            .is_some_and(|n| n.contains("jsonlog@127.0.0.1")),
+        "{ready}"
+    );
+    assert_eq!(ready["level"], "INFO");
+
+    // By default, text.
+    let b = Daemon::start(Spec::new("textlog")).await;
+    assert!(b.log().lines().all(|l| !l.starts_with('{')), "{}", b.log());
+}

@@ -403,3 +403,17 @@ fn event_history_defaults_to_1024() {
         .to_string();
     assert!(e.contains("`event_history`") && e.contains("lots"), "{e}");
 }
+
+#[test]
+fn log_format_is_text_or_json() {
+    let c = Config::load(None, env(&[]), &Flags::default()).unwrap();
+    assert_eq!(c.log_format, LogFormat::Text);
+    let c = load("log_format = \"json\"\n", &[], &Flags::default()).unwrap();
+    assert_eq!(c.log_format, LogFormat::Json);
+    let c = load("", &[("RALLYPOINT_LOG_FORMAT", "json")], &Flags::default()).unwrap();
+    assert_eq!(c.log_format, LogFormat::Json);
+    let e = load("log_format = \"xml\"\n", &[], &Flags::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`log_format`") && e.contains("xml"), "{e}");
+}
