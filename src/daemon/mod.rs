@@ -1,7 +1,7 @@
 //! The `rallypoint` daemon: a cluster node with an HTTP API, for programs in any
 //! language.
 //!
-//! - [`cli`]: the command line (`run`, `members`, `watch`);
+//! - [`cli`]: the command line (`run`, `check-config`, `members`, `watch`);
 //! - [`http`]: the HTTP API's routes; [`api`]: its JSON bodies; [`sse`]: the event
 //!   stream; [`metrics`]: the Prometheus metrics;
 //! - [`client`]: a small client for the API (used by `members` and `watch`).
