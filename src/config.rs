@@ -45,11 +45,18 @@ pub const KEYS: &[&str] = &[
     "cluster_addr",
     "advertise_addr",
     "http_addr",
+    "min_members",
+    "event_history",
     "cookie_file",
     "cookie",
+    "http_token",
+    "log_format",
     "membership",
     "topologies",
 ];
+
+/// The default of `event_history`.
+pub const DEFAULT_EVENT_HISTORY: usize = 1024;
 
 /// The strategies a topology can name in `strategy = "…"`.
 pub const STRATEGIES: &[&str] = &["static", "gossip", "kubernetes", "dns"];
@@ -76,6 +83,13 @@ pub struct Config {
     pub advertise_addr: Option<SocketAddr>,
     /// The address of the HTTP API. Default `127.0.0.1:45894`.
     pub http_addr: SocketAddr,
+    /// How many peers must be up for `/readyz` to answer 200. Default 0 (ready as soon
+    /// as the daemon runs).
+    pub min_members: usize,
+    /// How many of the latest events the daemon keeps for SSE clients that reconnect
+    /// with `Last-Event-ID`. Default 1024; 0 keeps none (a reconnecting client always
+    /// gets a snapshot).
+    pub event_history: usize,
     /// A file holding the cluster's cookie (white space around it is ignored).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cookie_file: Option<PathBuf>,
@@ -84,6 +98,13 @@ pub struct Config {
     /// ([`Cookie::load_or_create_default`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cookie: Option<Secret>,
+    /// A bearer token the HTTP API requires on every route but `/healthz` and
+    /// `/readyz` (usually from `RALLYPOINT_HTTP_TOKEN`). Default: none, no token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_token: Option<Secret>,
+    /// How the daemon writes its logs (to stderr): `text` (default) or `json` (one
+    /// object a line). The level comes from `RUST_LOG`.
+    pub log_format: LogFormat,
     /// Timing and limits of the membership protocol (`[membership]`).
     pub membership: membership::Config,
     /// The topologies by name (`[topologies.NAME]`). When no layer mentions
@@ -91,6 +112,17 @@ pub struct Config {
     /// UDP multicast gossip with its defaults, so nodes on one LAN find each other with
     /// no set-up.
     pub topologies: BTreeMap<String, Topology>,
+}
+
+/// How logs are written (`log_format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 /// A secret string: `Debug` and `Serialize` show `<redacted>`.
@@ -428,8 +460,12 @@ impl Config {
         let mut cluster_addr = SocketAddr::from(([0, 0, 0, 0], crate::DEFAULT_CLUSTER_PORT));
         let mut advertise_addr = None;
         let mut http_addr = crate::DEFAULT_HTTP_ADDR;
+        let mut min_members = 0;
+        let mut event_history = DEFAULT_EVENT_HISTORY;
         let mut cookie_file: Option<(PathBuf, Option<String>)> = None;
         let mut cookie: Option<(Secret, Option<String>)> = None;
+        let mut http_token = None;
+        let mut log_format = LogFormat::default();
         let mut membership = membership::Config::default();
         let mut topologies = None;
         for (key, value) in root {
@@ -438,6 +474,8 @@ impl Config {
                 "cluster_addr" => cluster_addr = deserialize(&key, value)?,
                 "advertise_addr" => advertise_addr = Some(deserialize(&key, value)?),
                 "http_addr" => http_addr = deserialize(&key, value)?,
+                "min_members" => min_members = deserialize(&key, value)?,
+                "event_history" => event_history = deserialize(&key, value)?,
                 "cookie_file" => {
                     let origin = value.origin().map(str::to_owned);
                     cookie_file = Some((deserialize(&key, value)?, origin));
@@ -454,6 +492,20 @@ impl Config {
                         });
                     }
                     cookie = Some((Secret(secret), origin));
+                }
+                "log_format" => log_format = deserialize(&key, value)?,
+                "http_token" => {
+                    let origin = value.origin().map(str::to_owned);
+                    let token: String = deserialize(&key, value)?;
+                    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                        return Err(ConfigError::BadValue {
+                            key,
+                            value: "<redacted>".into(),
+                            origin,
+                            expected: "a non-empty token of printable ASCII without spaces".into(),
+                        });
+                    }
+                    http_token = Some(Secret(token));
                 }
                 "membership" => {
                     let origin = first_origin(&value);
@@ -498,8 +550,12 @@ impl Config {
             cluster_addr,
             advertise_addr,
             http_addr,
+            min_members,
+            event_history,
             cookie_file: cookie_file.map(|(p, _)| p),
             cookie: cookie.map(|(s, _)| s),
+            http_token,
+            log_format,
             membership,
             topologies: topologies.unwrap_or_else(default_topologies),
         })

@@ -573,3 +573,521 @@ async fn ctrl_c_leaves_gracefully_too() {
     let status = b.wait_exit(Duration::from_secs(20)).await;
     assert!(status.success(), "exit status {status:?}");
 }
+
+// ---------------------------------------------------------------- readiness, topologies
+
+/// `GET path`, as (status, body), whatever the status.
+async fn status_of(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    match tokio::time::timeout(Duration::from_secs(10), client::get(addr, path))
+        .await
+        .expect("answered in time")
+    {
+        Ok(body) => (200, body),
+        Err(client::ClientError::Status { status, body }) => (status, body),
+        Err(e) => panic!("GET {path}: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn readyz_flips_at_min_members_and_topologies_show_their_candidates() {
+    let (sa, sb) = (Spec::new("a"), Spec::new("b"));
+    let mut spec_a = sa.clone().peers(&[&sb]);
+    spec_a
+        .env
+        .push(("RALLYPOINT_MIN_MEMBERS".into(), "1".into()));
+    let a = Daemon::start(spec_a).await;
+    let addr = a.spec.http_addr;
+
+    // Alive, but not ready: no peer is up yet.
+    assert_eq!(status_of(addr, "/healthz").await.0, 200);
+    let (status, body) = status_of(addr, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let ready: api::Ready = serde_json::from_str(&body).expect("readyz JSON");
+    assert_eq!(
+        ready,
+        api::Ready {
+            ready: false,
+            members: 0,
+            min_members: 1
+        }
+    );
+
+    // The static topology lists b as its candidate, and has succeeded.
+    let deadline = tokio::time::Instant::now() + FORM;
+    let topology = loop {
+        let (status, body) = status_of(addr, "/v1/topologies").await;
+        assert_eq!(status, 200, "{body}");
+        let t: api::Topologies = serde_json::from_str(&body).expect("topologies JSON");
+        assert_eq!(t.topologies.len(), 1, "{body}");
+        let t = t.topologies.into_iter().next().unwrap();
+        if t.reported {
+            break t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reported: {body}"
+        );
+        // Polled, with the deadline above.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(topology.name, "peers");
+    assert_eq!(topology.strategy, "static");
+    let addrs: Vec<_> = topology.peers.iter().map(|p| p.addr).collect();
+    assert_eq!(addrs, vec![sb.cluster_addr]);
+    assert_eq!(topology.last_error, None);
+    assert_eq!(topology.errors_total, 0);
+    let since = topology.last_success.expect("last_success once reported");
+    humantime::parse_rfc3339(&since).expect("RFC 3339");
+
+    // b comes up: a becomes ready.
+    let b = Daemon::start(sb.clone().peers(&[&sa])).await;
+    let mut w = a.watch().await;
+    w.wait_members(&[b.name()], FORM).await;
+    let (status, body) = status_of(addr, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let ready: api::Ready = serde_json::from_str(&body).unwrap();
+    assert!(ready.ready && ready.members == 1, "{body}");
+
+    // Without `min_members`, a lone node is ready at once.
+    assert_eq!(status_of(b.spec.http_addr, "/readyz").await.0, 200);
+}
+
+// ---------------------------------------------------------------- metrics
+
+/// Parses the Prometheus text format strictly enough to catch a malformed answer:
+/// every sample line is `name{label="value",…} number`, belongs to a family declared
+/// by a `# TYPE` line before it (a counter's samples end in `_total`), label values are
+/// quoted, and the answer ends with `# EOF`. Returns the samples, keyed by
+/// `name{labels}` as written.
+fn parse_prometheus(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut types: std::collections::BTreeMap<String, String> = Default::default();
+    let mut samples = std::collections::BTreeMap::new();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.last(), Some(&"# EOF"), "ends with # EOF:\n{text}");
+    for line in &lines[..lines.len() - 1] {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+            assert!(
+                [
+                    "counter",
+                    "gauge",
+                    "histogram",
+                    "summary",
+                    "info",
+                    "unknown"
+                ]
+                .contains(&kind),
+                "{line}"
+            );
+            types.insert(name.to_owned(), kind.to_owned());
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.starts_with("# UNIT ") {
+            continue;
+        }
+        assert!(!line.starts_with('#'), "unexpected comment: {line}");
+        let (series, value) = line.rsplit_once(' ').expect("name value");
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("number: {line}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, Some(l.strip_suffix('}').expect("closing brace"))),
+            None => (series, None),
+        };
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "metric name: {line}"
+        );
+        if let Some(labels) = labels {
+            for pair in labels.split(',') {
+                let (k, v) = pair.split_once('=').expect("label=value");
+                assert!(
+                    k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    "{line}"
+                );
+                assert!(
+                    v.len() >= 2 && v.starts_with('"') && v.ends_with('"'),
+                    "{line}"
+                );
+            }
+        }
+        let family = match types.get(name) {
+            Some(_) => name.to_owned(),
+            None => {
+                let base = name.strip_suffix("_total").unwrap_or(name);
+                assert_eq!(
+                    types.get(base).map(String::as_str),
+                    Some("counter"),
+                    "a sample without a # TYPE before it: {line}"
+                );
+                base.to_owned()
+            }
+        };
+        if types[&family] == "counter" {
+            assert!(name.ends_with("_total"), "counter sample: {line}");
+        }
+        assert!(
+            samples.insert(series.to_owned(), value).is_none(),
+            "duplicate: {line}"
+        );
+    }
+    samples
+}
+
+async fn scrape(d: &Daemon) -> std::collections::BTreeMap<String, f64> {
+    let (status, body) = status_of(d.spec.http_addr, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    parse_prometheus(&body)
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
+    let (a, b, c) = three().await;
+    let mut w = a.watch().await;
+    w.wait_members(&[b.name(), c.name()], FORM).await;
+    let sa = a.spec.clone();
+    let intruder = Daemon::start(Spec::new("mallory").cookie("wrong-cookie").peers(&[&sa])).await;
+    refused_by(&a, intruder.name()).await;
+
+    let m = scrape(&a).await;
+    let get = |k: &str| -> f64 {
+        *m.get(k)
+            .unwrap_or_else(|| panic!("no sample {k} in {m:#?}"))
+    };
+    assert_eq!(get("rallypoint_members"), 2.0);
+    assert!(get("rallypoint_events_total{kind=\"nodeup\"}") >= 2.0);
+    assert_eq!(get("rallypoint_events_total{kind=\"nodedown\"}"), 0.0);
+    assert!(get("rallypoint_handshake_failures_total{reason=\"bad_cookie\"}") >= 1.0);
+    assert_eq!(
+        get("rallypoint_handshake_failures_total{reason=\"name_clash\"}"),
+        0.0
+    );
+    get("rallypoint_connect_attempts_total{result=\"ok\"}");
+    assert_eq!(get("rallypoint_discovered_peers{topology=\"peers\"}"), 2.0);
+    assert_eq!(
+        get("rallypoint_strategy_errors_total{topology=\"peers\"}"),
+        0.0
+    );
+    // Every attempt is counted under one result; a formed mesh had some succeed (the
+    // nodes started one after the other, so some dialled and some were dialled).
+    let attempts: f64 = ["ok", "refused", "timeout", "error"]
+        .iter()
+        .map(|r| {
+            get(&format!(
+                "rallypoint_connect_attempts_total{{result=\"{r}\"}}"
+            ))
+        })
+        .sum();
+    assert!(attempts >= 1.0, "{m:#?}");
+
+    // The intruder saw nobody.
+    let mi = scrape(&intruder).await;
+    assert_eq!(mi["rallypoint_members"], 0.0);
+
+    // A node going down is counted.
+    drop(c);
+    w.wait_down("c@127.0.0.1", DETECT).await;
+    let m = scrape(&a).await;
+    assert_eq!(m["rallypoint_members"], 1.0);
+    assert_eq!(m["rallypoint_events_total{kind=\"nodedown\"}"], 1.0);
+}
+
+// ---------------------------------------------------------------- bearer token
+
+/// `GET path` with a token, as (status, body), whatever the status.
+async fn status_with(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        client::get_with_token(addr, path, token),
+    )
+    .await
+    .expect("answered in time")
+    {
+        Ok(body) => (200, body),
+        Err(client::ClientError::Status { status, body }) => (status, body),
+        Err(e) => panic!("GET {path}: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn with_an_http_token_a_missing_or_wrong_token_gets_401_but_probes_do_not_need_it() {
+    let mut spec = Spec::new("guarded");
+    spec.env
+        .push(("RALLYPOINT_HTTP_TOKEN".into(), "s3cret-t0ken".into()));
+    let a = Daemon::start(spec).await;
+    let addr = a.spec.http_addr;
+
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(status_with(addr, path, None).await.0, 200, "{path}");
+    }
+    for path in ["/v1/members", "/v1/topologies", "/metrics", "/v1/events"] {
+        if path != "/v1/events" {
+            let (status, body) = status_with(addr, path, Some("s3cret-t0ken")).await;
+            assert_eq!(status, 200, "{path} with the token: {body}");
+        }
+        assert_eq!(status_with(addr, path, None).await.0, 401, "{path} without");
+        assert_eq!(
+            status_with(addr, path, Some("s3cret-t0keN")).await.0,
+            401,
+            "{path} with a wrong token"
+        );
+    }
+    // The event stream opens with the token, not without.
+    let mut events =
+        client::EventStream::connect_with_token(addr, "/v1/events", None, Some("s3cret-t0ken"))
+            .await
+            .expect("stream with the token");
+    let first = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("an event");
+    assert_eq!(first.event, "snapshot");
+    match client::EventStream::connect(addr, "/v1/events", None).await {
+        Err(client::ClientError::Status { status: 401, .. }) => {}
+        Err(e) => panic!("expected 401, got {e}"),
+        Ok(_) => panic!("expected 401, got a stream"),
+    }
+
+    // The CLI takes the token from a flag or the environment.
+    let http = addr.to_string();
+    let (status, out, err) = run_cli(
+        &[
+            "members",
+            "--http-addr",
+            &http,
+            "--http-token",
+            "s3cret-t0ken",
+        ],
+        &[],
+    );
+    assert!(status.success(), "{err}");
+    assert!(out.contains("this node: guarded@127.0.0.1"), "{out}");
+    let (status, _, err) = run_cli(
+        &["members", "--http-addr", &http],
+        &[("RALLYPOINT_HTTP_TOKEN", "s3cret-t0ken")],
+    );
+    assert!(status.success(), "{err}");
+    let (status, _, err) = run_cli(&["members", "--http-addr", &http], &[]);
+    assert!(!status.success());
+    assert!(err.contains("401"), "{err}");
+
+    // The token is never logged.
+    assert!(!a.log().contains("s3cret-t0ken"), "{}", a.log());
+}
+
+// ---------------------------------------------------------------- check-config
+
+#[test]
+fn check_config_prints_the_effective_configuration_redacted_or_names_the_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rallypoint.toml");
+    std::fs::write(
+        &path,
+        "name = \"file@127.0.0.1\"\nmin_members = 2\n[membership]\ndown_after = \"5s\"\n\
+         [topologies.peers]\nstrategy = \"static\"\nhosts = [\"10.0.0.6:45893\"]\n",
+    )
+    .unwrap();
+    let p = path.to_string_lossy().into_owned();
+    let (status, out, err) = run_cli(
+        &[
+            "check-config",
+            "--config",
+            &p,
+            "--http-addr",
+            "127.0.0.1:9999",
+        ],
+        &[
+            ("RALLYPOINT_COOKIE", "cookie-s3cret"),
+            ("RALLYPOINT_NAME", "env@127.0.0.1"),
+        ],
+    );
+    assert!(status.success(), "{err}");
+    let printed: toml::Table = out.parse().expect("prints TOML");
+    assert_eq!(printed["name"].as_str(), Some("env@127.0.0.1"), "{out}");
+    assert_eq!(
+        printed["http_addr"].as_str(),
+        Some("127.0.0.1:9999"),
+        "{out}"
+    );
+    assert_eq!(printed["min_members"].as_integer(), Some(2), "{out}");
+    assert_eq!(printed["cookie"].as_str(), Some("<redacted>"), "{out}");
+    assert_eq!(
+        printed["membership"]["down_after"].as_str(),
+        Some("5s"),
+        "{out}"
+    );
+    assert_eq!(
+        printed["topologies"]["peers"]["hosts"][0].as_str(),
+        Some("10.0.0.6:45893"),
+        "{out}"
+    );
+    assert!(!out.contains("cookie-s3cret"), "{out}");
+
+    // What it prints is a valid configuration itself (the redacted secret aside).
+    let again = dir.path().join("again.toml");
+    std::fs::write(&again, out.replace("cookie = \"<redacted>\"", "")).unwrap();
+    let a = again.to_string_lossy().into_owned();
+    let (status, out2, err) = run_cli(&["check-config", "--config", &a], &[]);
+    assert!(status.success(), "{err}");
+    assert_eq!(out2, out.replace("cookie = \"<redacted>\"\n", ""));
+
+    // A bad configuration: exit 1, the key named, nothing on stdout.
+    std::fs::write(&path, "[membership]\ndown_after = \"soon\"\n").unwrap();
+    let (status, out, err) = run_cli(&["check-config", "--config", &p], &[]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("`membership.down_after`") && err.contains("\"soon\""),
+        "{err}"
+    );
+    std::fs::write(&path, "colour = \"blue\"\n").unwrap();
+    let (status, _, err) = run_cli(&["check-config", "--config", &p], &[]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("`colour`"), "{err}");
+    // An unreadable cookie file is caught too.
+    let (status, _, err) = run_cli(
+        &["check-config", "--cookie-file", "/nonexistent/cookie"],
+        &[],
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("/nonexistent/cookie"), "{err}");
+}
+
+// ---------------------------------------------------------------- resuming the stream
+
+async fn open(addr: std::net::SocketAddr, last_event_id: Option<String>) -> client::EventStream {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        client::EventStream::connect(addr, "/v1/events", last_event_id.as_deref()),
+    )
+    .await
+    .expect("stream opened in time")
+    .expect("stream")
+}
+
+async fn next_event(s: &mut client::EventStream) -> client::ServerEvent {
+    tokio::time::timeout(DETECT, s.next())
+        .await
+        .expect("an event in time")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+fn id_of(ev: &client::ServerEvent) -> u64 {
+    ev.id
+        .as_deref()
+        .expect("an id")
+        .parse()
+        .expect("a numeric id")
+}
+
+#[tokio::test]
+async fn the_event_stream_resumes_after_last_event_id_or_sends_a_fresh_snapshot() {
+    let (sa, sb) = (Spec::new("a"), Spec::new("b"));
+    let mut spec_a = sa.clone().peers(&[&sb]);
+    spec_a
+        .env
+        .push(("RALLYPOINT_EVENT_HISTORY".into(), "4".into()));
+    let a = Daemon::start(spec_a).await;
+    let addr = a.spec.http_addr;
+    // Follows everything, to know when each change has happened.
+    let mut w = a.watch().await;
+    let spec_b = sb.clone().peers(&[&sa]);
+    let mut b = Daemon::start(spec_b.clone()).await;
+    w.wait_up(b.name(), FORM).await;
+
+    // A client reads its snapshot, then goes away; b goes down meanwhile.
+    let snap = next_event(&mut open(addr, None).await).await;
+    assert_eq!(snap.event, "snapshot");
+    let seen = id_of(&snap);
+    b.kill9();
+    w.wait_down("b@127.0.0.1", DETECT).await;
+
+    // Back with Last-Event-ID: it gets what it missed, not a snapshot.
+    let mut s = open(addr, Some(seen.to_string())).await;
+    let ev = next_event(&mut s).await;
+    assert_eq!(ev.event, "nodedown", "{ev:?}");
+    assert_eq!(id_of(&ev), seen + 1);
+    let down: api::NodeDown = serde_json::from_str(&ev.data).unwrap();
+    assert_eq!(down.node.name, "b@127.0.0.1");
+
+    // Back with the latest id: nothing replayed; the next event is the next change.
+    let mut s = open(addr, Some((seen + 1).to_string())).await;
+    let b2 = Daemon::start(spec_b.clone()).await;
+    w.wait_up(b2.name(), FORM).await;
+    let ev = next_event(&mut s).await;
+    assert_eq!(ev.event, "nodeup", "{ev:?}");
+    assert_eq!(id_of(&ev), seen + 2);
+
+    // An id from the future, or not a number: a fresh snapshot.
+    for id in ["999999", "yesterday"] {
+        let ev = next_event(&mut open(addr, Some(id.into())).await).await;
+        assert_eq!(ev.event, "snapshot", "Last-Event-ID {id}: {ev:?}");
+        assert_eq!(id_of(&ev), seen + 2);
+    }
+
+    // Three more changes: the history (4 events) no longer holds seen + 1.
+    drop(b2);
+    w.wait_down("b@127.0.0.1", DETECT).await;
+    let b3 = Daemon::start(spec_b.clone()).await;
+    w.wait_up(b3.name(), FORM).await;
+    drop(b3);
+    w.wait_down("b@127.0.0.1", DETECT).await;
+    let ev = next_event(&mut open(addr, Some(seen.to_string())).await).await;
+    assert_eq!(ev.event, "snapshot", "too old: {ev:?}");
+    assert_eq!(id_of(&ev), seen + 5);
+    // One event later, all four are still held.
+    let mut s = open(addr, Some((seen + 1).to_string())).await;
+    let kinds = [
+        next_event(&mut s).await,
+        next_event(&mut s).await,
+        next_event(&mut s).await,
+        next_event(&mut s).await,
+    ];
+    let got: Vec<(String, u64)> = kinds.iter().map(|e| (e.event.clone(), id_of(e))).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("nodeup".into(), seen + 2),
+            ("nodedown".into(), seen + 3),
+            ("nodeup".into(), seen + 4),
+            ("nodedown".into(), seen + 5),
+        ]
+    );
+}
+
+// ---------------------------------------------------------------- log format
+
+#[tokio::test]
+async fn log_format_json_writes_one_json_object_a_line() {
+    let mut spec = Spec::new("jsonlog");
+    spec.env
+        .push(("RALLYPOINT_LOG_FORMAT".into(), "json".into()));
+    let a = Daemon::start(spec).await;
+    let log = a.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+    let ready = lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["fields"]["message"] == "HTTP API listening")
+        .expect("the ready line");
+    assert!(
+        ready["fields"]["node"]
+            .as_str()
+            .is_some_and(|n| n.contains("jsonlog@127.0.0.1")),
+        "{ready}"
+    );
+    assert_eq!(ready["level"], "INFO");
+
+    // By default, text.
+    let b = Daemon::start(Spec::new("textlog")).await;
+    assert!(b.log().lines().all(|l| !l.starts_with('{')), "{}", b.log());
+}

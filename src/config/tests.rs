@@ -352,3 +352,70 @@ fn a_dns_topology_is_read_and_its_bad_values_are_refused() {
     );
     assert!(e.contains("topologies.d.nameservers"), "{e}");
 }
+
+#[test]
+fn min_members_defaults_to_zero_and_is_checked() {
+    let c = Config::load(None, env(&[]), &Flags::default()).unwrap();
+    assert_eq!(c.min_members, 0);
+    let c = load("min_members = 2\n", &[], &Flags::default()).unwrap();
+    assert_eq!(c.min_members, 2);
+    let c = load(
+        "min_members = 2\n",
+        &[("RALLYPOINT_MIN_MEMBERS", "3")],
+        &Flags::default(),
+    )
+    .unwrap();
+    assert_eq!(c.min_members, 3, "the environment overrides the file");
+    let e = load("min_members = -1\n", &[], &Flags::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`min_members`") && e.contains("-1"), "{e}");
+}
+
+#[test]
+fn the_http_token_is_read_from_the_environment_and_redacted() {
+    let c = Config::load(None, env(&[]), &Flags::default()).unwrap();
+    assert!(c.http_token.is_none());
+    let c = load("", &[("RALLYPOINT_HTTP_TOKEN", "t0ken")], &Flags::default()).unwrap();
+    assert_eq!(c.http_token.as_ref().map(Secret::expose), Some("t0ken"));
+    let text = toml::to_string(&c).unwrap();
+    assert!(
+        !text.contains("t0ken") && text.contains("http_token = \"<redacted>\""),
+        "{text}"
+    );
+    assert!(!format!("{c:?}").contains("t0ken"));
+    let e = load("http_token = \"two words\"\n", &[], &Flags::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`http_token`") && !e.contains("two words"),
+        "{e}"
+    );
+}
+
+#[test]
+fn event_history_defaults_to_1024() {
+    let c = Config::load(None, env(&[]), &Flags::default()).unwrap();
+    assert_eq!(c.event_history, DEFAULT_EVENT_HISTORY);
+    assert_eq!(DEFAULT_EVENT_HISTORY, 1024);
+    let c = load("event_history = 0\n", &[], &Flags::default()).unwrap();
+    assert_eq!(c.event_history, 0);
+    let e = load("event_history = \"lots\"\n", &[], &Flags::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`event_history`") && e.contains("lots"), "{e}");
+}
+
+#[test]
+fn log_format_is_text_or_json() {
+    let c = Config::load(None, env(&[]), &Flags::default()).unwrap();
+    assert_eq!(c.log_format, LogFormat::Text);
+    let c = load("log_format = \"json\"\n", &[], &Flags::default()).unwrap();
+    assert_eq!(c.log_format, LogFormat::Json);
+    let c = load("", &[("RALLYPOINT_LOG_FORMAT", "json")], &Flags::default()).unwrap();
+    assert_eq!(c.log_format, LogFormat::Json);
+    let e = load("log_format = \"xml\"\n", &[], &Flags::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`log_format`") && e.contains("xml"), "{e}");
+}

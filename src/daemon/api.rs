@@ -102,3 +102,79 @@ impl NodeDown {
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
+
+/// One topology in `GET /v1/topologies`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topology {
+    /// The topology's name (`[topologies.NAME]`).
+    pub name: String,
+    /// The strategy that runs it (`static`, `dns`, …).
+    pub strategy: String,
+    /// The current candidate set (this node excluded), sorted.
+    pub peers: Vec<Peer>,
+    /// Whether the strategy has reported a set at least once.
+    pub reported: bool,
+    /// The last failure, while the strategy is failing; `null` once it succeeds again.
+    pub last_error: Option<String>,
+    /// When the strategy last reported a set (RFC 3339, UTC); `null` before the first.
+    pub last_success: Option<String>,
+    /// How many failures the strategy reported in all.
+    pub errors_total: u64,
+    /// Strategy-specific counters, by name.
+    pub counters: std::collections::BTreeMap<String, u64>,
+}
+
+/// A candidate peer: its cluster address, and its name when the strategy knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    /// The peer's cluster address.
+    pub addr: SocketAddr,
+    /// The peer's node name, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl Topology {
+    /// The body for one topology's status.
+    pub fn of(name: &str, status: &crate::strategies::TopologyStatus) -> Self {
+        Topology {
+            name: name.to_owned(),
+            strategy: status.strategy.to_owned(),
+            peers: status
+                .peers
+                .iter()
+                .map(|p| Peer {
+                    addr: p.addr,
+                    name: p.name.as_ref().map(|n| n.to_string()),
+                })
+                .collect(),
+            reported: status.reported,
+            last_error: status.last_error.clone(),
+            last_success: status.last_success.map(rfc3339),
+            errors_total: status.errors_total,
+            counters: status
+                .counters
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
+        }
+    }
+}
+
+/// `GET /v1/topologies`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topologies {
+    /// The topologies, sorted by name.
+    pub topologies: Vec<Topology>,
+}
+
+/// `GET /readyz`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ready {
+    /// Whether at least `min_members` peers are up.
+    pub ready: bool,
+    /// How many peers are up.
+    pub members: usize,
+    /// The configured `min_members`.
+    pub min_members: usize,
+}

@@ -1,4 +1,4 @@
-//! The command line: `rallypoint run | members | watch`.
+//! The command line: `rallypoint run | check-config | members | watch`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -29,6 +29,9 @@ pub struct Cli {
 pub enum Command {
     /// Run a node: join the cluster and serve the HTTP API until SIGTERM or Ctrl-C.
     Run(RunArgs),
+    /// Check the configuration (file, environment, flags, as `run` would load it) and
+    /// print it as TOML with secrets redacted; exit 1 naming the key at fault.
+    CheckConfig(RunArgs),
     /// Print the members a running node sees.
     Members(MembersArgs),
     /// Print membership events as they happen (from the node's /v1/events).
@@ -98,6 +101,14 @@ pub struct ApiArgs {
         default_value_t = crate::DEFAULT_HTTP_ADDR
     )]
     pub http_addr: SocketAddr,
+    /// The API's bearer token, when it requires one (its `http_token`).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "RALLYPOINT_HTTP_TOKEN",
+        hide_env_values = true
+    )]
+    pub http_token: Option<String>,
 }
 
 /// `rallypoint members`.
@@ -139,12 +150,26 @@ pub enum CommandError {
     Ended,
 }
 
+/// `rallypoint check-config`: loads the configuration as `run` would (reading the
+/// cookie file, if any) and prints the effective configuration as TOML, secrets
+/// redacted.
+pub fn check_config(args: &RunArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let config = args.load()?;
+    config.load_cookie()?;
+    let text = toml::to_string(&config)?;
+    write!(out, "{text}")?;
+    Ok(())
+}
+
 /// `rallypoint members`: prints the members in a table (or the JSON body).
 pub async fn members(args: &MembersArgs, out: &mut dyn Write) -> Result<(), CommandError> {
     let addr = args.api.http_addr;
-    let body = tokio::time::timeout(REQUEST_TIMEOUT, client::get(addr, "/v1/members"))
-        .await
-        .map_err(|_| CommandError::Timeout(addr, REQUEST_TIMEOUT))??;
+    let body = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        client::get_with_token(addr, "/v1/members", args.api.http_token.as_deref()),
+    )
+    .await
+    .map_err(|_| CommandError::Timeout(addr, REQUEST_TIMEOUT))??;
     if args.json {
         let _ = writeln!(out, "{}", body.trim_end());
         return Ok(());
@@ -207,7 +232,7 @@ pub async fn watch(args: &WatchArgs, out: &mut dyn Write) -> Result<(), CommandE
     let addr = args.api.http_addr;
     let mut events = tokio::time::timeout(
         REQUEST_TIMEOUT,
-        EventStream::connect(addr, "/v1/events", None),
+        EventStream::connect_with_token(addr, "/v1/events", None, args.api.http_token.as_deref()),
     )
     .await
     .map_err(|_| CommandError::Timeout(addr, REQUEST_TIMEOUT))??;

@@ -42,7 +42,22 @@ pub enum ClientError {
 
 /// `GET path`, returning the body of a `200` answer.
 pub async fn get(addr: SocketAddr, path: &str) -> Result<String, ClientError> {
-    let mut body = request(addr, path, &[]).await?;
+    get_with_token(addr, path, None).await
+}
+
+/// `GET path` with `Authorization: Bearer TOKEN` when a token is given.
+pub async fn get_with_token(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> Result<String, ClientError> {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| ("Authorization", a))
+        .into_iter()
+        .collect();
+    let mut body = request(addr, path, &headers).await?;
     let mut out = Vec::new();
     while body.read(&mut out).await? > 0 {
         if out.len() > MAX_BODY {
@@ -80,9 +95,24 @@ impl EventStream {
         path: &str,
         last_event_id: Option<&str>,
     ) -> Result<Self, ClientError> {
+        Self::connect_with_token(addr, path, last_event_id, None).await
+    }
+
+    /// [`EventStream::connect`], with `Authorization: Bearer TOKEN` when a token is
+    /// given.
+    pub async fn connect_with_token(
+        addr: SocketAddr,
+        path: &str,
+        last_event_id: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<Self, ClientError> {
+        let auth = token.map(|t| format!("Bearer {t}"));
         let mut headers = vec![("Accept", "text/event-stream")];
         if let Some(id) = last_event_id {
             headers.push(("Last-Event-ID", id));
+        }
+        if let Some(a) = &auth {
+            headers.push(("Authorization", a));
         }
         let body = request(addr, path, &headers).await?;
         Ok(EventStream {

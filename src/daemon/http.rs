@@ -1,21 +1,28 @@
 //! The HTTP API (axum).
 //!
+//! With an `http_token` configured, every route but `/healthz` and `/readyz` requires
+//! `Authorization: Bearer TOKEN`; without it (or with another token) the answer is `401`.
+//!
 //! | route | answer |
 //! |---|---|
 //! | `GET /v1/members` | `{"self": NODE, "members": [NODE…]}` ([`api::Members`]) |
 //! | `GET /v1/events` | Server-Sent Events (see [`super::sse`]) |
+//! | `GET /v1/topologies` | each topology's strategy, candidates and health ([`api::Topologies`]) |
+//! | `GET /metrics` | the counters in the Prometheus text format (see [`super::metrics`]) |
 //! | `GET /healthz` | `200 ok` while the daemon runs |
+//! | `GET /readyz` | `200` once at least `min_members` peers are up, else `503` ([`api::Ready`]) |
 
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
-use super::{api, sse};
+use super::{api, metrics, sse};
 use crate::Cluster;
 
 /// What the handlers share.
@@ -25,25 +32,105 @@ pub struct AppState {
     pub cluster: Arc<Cluster>,
     /// Cancelled when the daemon shuts down: ends the event streams.
     pub stop: CancellationToken,
+    /// How many peers must be up for `/readyz` to answer 200.
+    pub min_members: usize,
+    /// The metrics, read at each scrape.
+    pub metrics: Arc<prometheus_client::registry::Registry>,
+    /// The latest events, for SSE clients that resume.
+    pub history: Arc<sse::History>,
+    /// The bearer token the API requires, if any.
+    pub token: Option<Arc<str>>,
 }
 
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let guarded = Router::new()
         .route("/v1/members", get(members))
         .route("/v1/events", get(events))
+        .route("/v1/topologies", get(topologies))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .merge(guarded)
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .with_state(state)
+}
+
+/// Refuses a request without the configured bearer token.
+async fn require_token(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &s.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "a valid bearer token is required (Authorization: Bearer TOKEN)\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Compares two byte strings in a time that does not depend on where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn members(State(s): State<AppState>) -> Json<api::Members> {
     Json(api::Members::of(&s.cluster.snapshot()))
 }
 
-async fn events(State(s): State<AppState>) -> impl IntoResponse {
-    sse::events(&s.cluster, s.stop.child_token())
+async fn events(State(s): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
+    let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    sse::events(&s.cluster, &s.history, last, s.stop.child_token()).await
 }
 
 async fn healthz() -> impl IntoResponse {
     (StatusCode::OK, "ok\n")
+}
+
+async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    let members = s.cluster.snapshot().members.len();
+    let ready = members >= s.min_members;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(api::Ready {
+            ready,
+            members,
+            min_members: s.min_members,
+        }),
+    )
+}
+
+async fn topologies(State(s): State<AppState>) -> Json<api::Topologies> {
+    let mut topologies: Vec<api::Topology> = s
+        .cluster
+        .topologies()
+        .iter()
+        .map(|(name, status)| api::Topology::of(name, status))
+        .collect();
+    topologies.sort_by(|a, b| a.name.cmp(&b.name));
+    Json(api::Topologies { topologies })
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    match metrics::render(&s.metrics) {
+        Ok(body) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot encode the metrics\n",
+        )
+            .into_response(),
+    }
 }

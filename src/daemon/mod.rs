@@ -1,9 +1,9 @@
 //! The `rallypoint` daemon: a cluster node with an HTTP API, for programs in any
 //! language.
 //!
-//! - [`cli`]: the command line (`run`, `members`, `watch`);
+//! - [`cli`]: the command line (`run`, `check-config`, `members`, `watch`);
 //! - [`http`]: the HTTP API's routes; [`api`]: its JSON bodies; [`sse`]: the event
-//!   stream;
+//!   stream; [`metrics`]: the Prometheus metrics;
 //! - [`client`]: a small client for the API (used by `members` and `watch`).
 //!
 //! [`run`] is the daemon: it binds the HTTP API, starts the node with the configured
@@ -24,6 +24,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod http;
+pub mod metrics;
 pub mod sse;
 
 /// The longest the daemon waits for the cluster to leave gracefully on shutdown.
@@ -108,6 +109,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let app = http::router(http::AppState {
         cluster: cluster.clone(),
         stop: stop.clone(),
+        min_members: config.min_members,
+        metrics: Arc::new(metrics::registry(cluster.clone())),
+        history: sse::History::start(&cluster, config.event_history, stop.clone()),
+        token: config.http_token.as_ref().map(|t| Arc::from(t.expose())),
     });
     let server_stop = stop.clone();
     let mut server = tokio::spawn(async move {
