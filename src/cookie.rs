@@ -94,19 +94,29 @@ impl Cookie {
         let mut bytes = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
         let text = hex::encode(bytes);
+        // Write a private temporary file, then link it into place: the cookie appears
+        // whole or not at all, so two nodes starting at once never read a half-written
+        // one, and the first to link wins.
+        let tmp = path.with_extension(format!("tmp.{:016x}", rand::random::<u64>()));
         let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
+        opts.write(true).create(true).truncate(true);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(0o600);
         }
-        match opts.open(path) {
-            Ok(mut f) => {
-                f.write_all(text.as_bytes()).map_err(io)?;
-                f.sync_all().map_err(io)?;
-                Ok(Cookie::new(text))
-            }
+        let written = opts.open(&tmp).and_then(|mut f| {
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        });
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(e));
+        }
+        let linked = std::fs::hard_link(&tmp, path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(Cookie::new(text)),
             // Another process created it first: use theirs.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::from_file(path),
             Err(e) => Err(io(e)),
@@ -139,6 +149,21 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         assert_eq!(format!("{a:?}"), "Cookie(<redacted>)");
+    }
+
+    #[test]
+    fn nodes_starting_at_once_agree_on_one_cookie() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cookie");
+        let cookies: Vec<Cookie> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| Cookie::load_or_create(&path).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(cookies.iter().all(|c| *c == cookies[0]));
+        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(leftovers, 1, "temporary files removed");
     }
 
     #[test]
