@@ -87,7 +87,8 @@ mod tests {
         assert_eq!(score("s", "n@h"), PINNED);
     }
 
-    const PINNED: u64 = 0;
+    // SHA-256 of 0x0000000000000001 "s" "n@h", first eight bytes.
+    const PINNED: u64 = 0x3bae_5e79_fad4_8764;
 
     #[test]
     fn owner_is_the_same_whatever_the_order() {

@@ -106,13 +106,26 @@ pub enum StoreError {
     #[error("database unavailable: {0}")]
     Unavailable(String),
     /// A statement failed.
-    #[error("database error: {0}")]
+    #[error("database error: {}", with_sources(.0))]
     Db(#[from] tokio_postgres::Error),
+}
+
+/// An error's message followed by those of its sources (tokio-postgres says only
+/// "db error" and keeps the server's message in the source).
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut next = e.source();
+    while let Some(src) = next {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        next = src.source();
+    }
+    s
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        StoreError::Unavailable(e.to_string())
+        StoreError::Unavailable(with_sources(&e))
     }
 }
 

@@ -166,9 +166,15 @@ impl Active {
         let mut need_read = true;
         let mut wake = self.shared.wake.subscribe();
         let mut members = self.shared.cluster.watch();
+        // The members may have changed since the view recorded with the lease was read:
+        // renew (and record the view) at once if so.
+        let mut next_renew = if self.shared.view().into_iter().ne(self.recorded.iter().cloned()) {
+            Instant::now()
+        } else {
+            Instant::now() + renew_every
+        };
         let mut members_open = true;
-        let mut next_renew = Instant::now() + renew_every;
-        let mut next_flush: Option<Instant> = None;
+                let mut next_flush: Option<Instant> = None;
         let mut next_catch_up = Instant::now() + s.catch_up_interval;
         let mut retry_at: Option<Instant> = None;
         loop {
