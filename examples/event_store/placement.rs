@@ -12,9 +12,15 @@
 //! the holder recorded with the lease ([`may_take_over`]). Two sides of a partition have
 //! disjoint views, so at most one of them can hold a majority of any recorded view: the
 //! larger side takes the leases of the nodes it lost, the smaller side cannot take them
-//! back, and nothing flaps. A holder records its view again only while it still holds a
-//! majority of the one it recorded ([`may_record`]), so a node cut off alone cannot shrink
-//! its record to itself and make its leases unstealable.
+//! back, and nothing flaps.
+//!
+//! A holder keeps its record current ([`next_record`]): a larger view is recorded at once;
+//! a smaller one only once it has been stable for a while and still holds a majority of
+//! the recorded one. So a node cut off alone cannot shrink its record to itself and make
+//! its leases unstealable, neither at once nor step by step: a partition removes its peers
+//! from its view within about a heartbeat of each other, so the intermediate views never
+//! last long enough to be recorded, while a single peer that died is dropped from the
+//! record after the settling time.
 
 use std::collections::BTreeSet;
 
@@ -60,10 +66,20 @@ pub fn may_take_over(view: &BTreeSet<String>, holder: &str, holder_view: &[Strin
     !view.contains(holder) && holds_majority_of(view, holder_view)
 }
 
-/// Whether a holder whose view is now `view` may replace the view it recorded with its
-/// lease (`recorded`) by `view`.
-pub fn may_record(view: &BTreeSet<String>, recorded: &[String]) -> bool {
-    holds_majority_of(view, recorded)
+/// What a holder whose view is now `view` records with its lease instead of `recorded`,
+/// if anything: `view` when it holds every recorded node (it grew), or when it is
+/// `settled` (unchanged for the settling time) and holds a majority of `recorded`.
+pub fn next_record(
+    view: &BTreeSet<String>,
+    recorded: &[String],
+    settled: bool,
+) -> Option<Vec<String>> {
+    let same = recorded.len() == view.len() && recorded.iter().all(|n| view.contains(n));
+    if same {
+        return None;
+    }
+    let grew = recorded.iter().all(|n| view.contains(n));
+    (grew || (settled && holds_majority_of(view, recorded))).then(|| view.iter().cloned().collect())
 }
 
 #[cfg(test)]
@@ -130,10 +146,36 @@ mod tests {
         assert!(!may_take_over(&set(&["a"]), "b", &vec(&["a", "b", "c"])));
         // Nobody takes a lease from a holder it still sees.
         assert!(!may_take_over(&set(&["a", "b", "c"]), "a", &recorded_by_a));
-        // a alone may not shrink its record to itself; b and c keep theirs current.
-        assert!(!may_record(&set(&["a"]), &recorded_by_a));
-        assert!(may_record(&set(&["b", "c"]), &recorded_by_a));
-        assert!(may_record(&set(&["a", "b", "c", "d"]), &recorded_by_a));
+    }
+
+    #[test]
+    fn a_holder_records_growth_at_once_and_shrinking_only_when_settled_and_majority() {
+        let abc = vec(&["a", "b", "c"]);
+        assert_eq!(next_record(&set(&["a", "b", "c"]), &abc, true), None);
+        assert_eq!(
+            next_record(&set(&["a", "b", "c", "d"]), &abc, false),
+            Some(vec(&["a", "b", "c", "d"]))
+        );
+        // A peer died: recorded once the view has settled.
+        assert_eq!(next_record(&set(&["a", "c"]), &abc, false), None);
+        assert_eq!(next_record(&set(&["a", "c"]), &abc, true), Some(vec(&["a", "c"])));
+        // Cut off alone: never, settled or not.
+        assert_eq!(next_record(&set(&["a"]), &abc, true), None);
+        // b and c, having lost a, keep their records current.
+        assert_eq!(next_record(&set(&["b", "c"]), &abc, true), Some(vec(&["b", "c"])));
+    }
+
+    #[test]
+    fn a_partition_seen_step_by_step_leaves_the_record_takeable() {
+        // a sees b go, then c, within a heartbeat: the intermediate view is not settled.
+        let mut recorded = vec(&["a", "b", "c"]);
+        for (view, settled) in [(set(&["a", "c"]), false), (set(&["a"]), false), (set(&["a"]), true)] {
+            if let Some(r) = next_record(&view, &recorded, settled) {
+                recorded = r;
+            }
+        }
+        assert_eq!(recorded, vec(&["a", "b", "c"]));
+        assert!(may_take_over(&set(&["b", "c"]), "a", &recorded));
     }
 
     #[test]

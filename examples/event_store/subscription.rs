@@ -20,7 +20,7 @@
 //! table (subscription, position, node, epoch, the store's clock) and acknowledges it
 //! after `handler_delay`, which stands for the work a real handler would do.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 
 use crate::acks::Acks;
-use crate::placement::{may_record, may_take_over};
+use crate::placement::{may_take_over, next_record};
 use crate::store::{Lease, RecordedEvent};
 use crate::supervisor::{RunnerState, Shared};
 
@@ -67,6 +67,8 @@ pub async fn run(shared: Arc<Shared>, name: String, mut handoff: watch::Receiver
         name: name.clone(),
         epoch: lease.epoch,
         acks: Acks::new(lease.checkpoint),
+        last_view: view.iter().cloned().collect(),
+        view_since: Instant::now(),
         recorded: view,
         valid_until,
         delivered: 0,
@@ -104,6 +106,15 @@ async fn acquire(
                     Some(o) if may_take_over(&view, o, &row.owner_view) => Some("takeover"),
                     Some(_) => None,
                 };
+                tracing::debug!(
+                    subscription = %name,
+                    owner = ?row.owner,
+                    owner_view = ?row.owner_view,
+                    lease_remaining_ms = ?row.lease_remaining_ms,
+                    view = ?view,
+                    ?reason,
+                    "lease decision"
+                );
                 if let Some(reason) = reason {
                     let view: Vec<String> = view.into_iter().collect();
                     let sent = Instant::now();
@@ -154,6 +165,9 @@ struct Active {
     recorded: Vec<String>,
     /// Delivery stops at this instant unless the lease is renewed.
     valid_until: Instant,
+    /// The view last seen, and since when.
+    last_view: BTreeSet<String>,
+    view_since: Instant,
     delivered: u64,
 }
 
@@ -168,7 +182,7 @@ impl Active {
         let mut members = self.shared.cluster.watch();
         // The members may have changed since the view recorded with the lease was read:
         // renew (and record the view) at once if so.
-        let mut next_renew = if self.shared.view().into_iter().ne(self.recorded.iter().cloned()) {
+        let mut next_renew = if self.shared.view() != self.last_view {
             Instant::now()
         } else {
             Instant::now() + renew_every
@@ -304,8 +318,12 @@ impl Active {
     /// Writes the checkpoint and extends the lease. `Ok(false)`: rejected, lease lost.
     async fn renew(&mut self) -> Result<bool, ()> {
         let view = self.shared.view();
-        let record: Option<Vec<String>> =
-            may_record(&view, &self.recorded).then(|| view.into_iter().collect());
+        if view != self.last_view {
+            self.last_view = view.clone();
+            self.view_since = Instant::now();
+        }
+        let settled = self.view_since.elapsed() >= self.shared.settings.lease_ttl / 3;
+        let record = next_record(&view, &self.recorded, settled);
         let checkpoint = self.acks.checkpoint();
         let sent = Instant::now();
         let ttl = self.shared.settings.lease_ttl;

@@ -178,7 +178,17 @@ impl Drop for NodeProc {
         if std::thread::panicking() {
             let log = self.log();
             let tail: Vec<&str> = log.lines().rev().take(80).collect();
-            eprintln!("---- log of {} (last 80 lines) ----", self.name);
+            let file = std::env::temp_dir().join(format!(
+                "event_store-{}-{}.log",
+                std::process::id(),
+                self.name.replace(['@', '.'], "_")
+            ));
+            let saved = std::fs::write(&file, &log).is_ok();
+            eprintln!(
+                "---- log of {} (last 80 lines{}) ----",
+                self.name,
+                if saved { format!("; all in {}", file.display()) } else { String::new() }
+            );
             for l in tail.iter().rev() {
                 eprintln!("{l}");
             }
@@ -282,7 +292,7 @@ impl Fixture {
             .args(&self.args)
             .args(extra)
             .env("EVENT_STORE_COOKIE", "event-store-test-cookie")
-            .env("RUST_LOG", "info,rallypoint=info")
+            .env("RUST_LOG", "info,event_store=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
