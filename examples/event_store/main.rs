@@ -114,6 +114,12 @@ struct Args {
     /// How long the example handler works on each event before acknowledging it.
     #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
     handler_delay: Duration,
+    /// How long the view of the members must stay unchanged before this node takes a
+    /// lease over from a node it lost (or records a smaller view with its own leases).
+    /// Longer than a heartbeat interval or two: every peer cut off by a partition is seen
+    /// going within that time, and a view on the way there must not count.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    view_settle: Duration,
     /// How long a handoff waits for acknowledgements in flight.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
@@ -207,6 +213,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_in_flight: args.max_in_flight,
         batch: args.batch,
         handler_delay: args.handler_delay,
+        view_settle: args.view_settle,
         drain_timeout: args.drain_timeout,
     };
     let shared = Arc::new(Shared::new(

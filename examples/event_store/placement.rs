@@ -9,7 +9,10 @@
 //! only says who *should* run a subscription; the lease in the store says who *may*. A
 //! node takes a lease that is held by someone else without waiting for it to expire only
 //! when the holder is not in its view and its view holds a strict majority of the view
-//! the holder recorded with the lease ([`may_take_over`]). Two sides of a partition have
+//! the holder recorded with the lease ([`may_take_over`]), and only once its view has
+//! stayed unchanged for a settling time (the caller checks that: a node that is losing
+//! its peers one heartbeat after the other must not act on the view in between). Two
+//! sides of a partition have
 //! disjoint views, so at most one of them can hold a majority of any recorded view: the
 //! larger side takes the leases of the nodes it lost, the smaller side cannot take them
 //! back, and nothing flaps.

@@ -20,7 +20,7 @@
 //! table (subscription, position, node, epoch, the store's clock) and acknowledges it
 //! after `handler_delay`, which stands for the work a real handler would do.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,10 +67,9 @@ pub async fn run(shared: Arc<Shared>, name: String, mut handoff: watch::Receiver
         name: name.clone(),
         epoch: lease.epoch,
         acks: Acks::new(lease.checkpoint),
-        last_view: view.iter().cloned().collect(),
-        view_since: Instant::now(),
         recorded: view,
         valid_until,
+        record_at: None,
         delivered: 0,
     };
     let outcome = active.run(&mut handoff).await;
@@ -98,12 +97,21 @@ async fn acquire(
             Err(e) => tracing::debug!(subscription = %name, error = %e, "cannot read the lease"),
             Ok(None) => return Err(Outcome::Gone),
             Ok(Some(row)) => {
-                let view = shared.view();
+                let (view, age) = shared.view_with_age();
+                let settled = age >= settings.view_settle;
                 let reason = match row.owner.as_deref() {
                     None => Some("free"),
                     Some(o) if o == shared.name => Some("same_name"),
                     Some(_) if row.is_free() => Some("expired"),
-                    Some(o) if may_take_over(&view, o, &row.owner_view) => Some("takeover"),
+                    Some(o) if may_take_over(&view, o, &row.owner_view) => {
+                        if settled {
+                            Some("takeover")
+                        } else {
+                            // Look again as soon as the view has settled.
+                            retry = retry.min(settings.view_settle - age);
+                            None
+                        }
+                    }
                     Some(_) => None,
                 };
                 tracing::debug!(
@@ -112,6 +120,7 @@ async fn acquire(
                     owner_view = ?row.owner_view,
                     lease_remaining_ms = ?row.lease_remaining_ms,
                     view = ?view,
+                    settled,
                     ?reason,
                     "lease decision"
                 );
@@ -165,9 +174,8 @@ struct Active {
     recorded: Vec<String>,
     /// Delivery stops at this instant unless the lease is renewed.
     valid_until: Instant,
-    /// The view last seen, and since when.
-    last_view: BTreeSet<String>,
-    view_since: Instant,
+    /// When to renew early, to record a view that will have settled by then.
+    record_at: Option<Instant>,
     delivered: u64,
 }
 
@@ -182,7 +190,7 @@ impl Active {
         let mut members = self.shared.cluster.watch();
         // The members may have changed since the view recorded with the lease was read:
         // renew (and record the view) at once if so.
-        let mut next_renew = if self.shared.view() != self.last_view {
+        let mut next_renew = if self.shared.view().iter().ne(self.recorded.iter()) {
             Instant::now()
         } else {
             Instant::now() + renew_every
@@ -199,7 +207,9 @@ impl Active {
                 return self.drain(&mut ack_rx).await;
             }
             let now = Instant::now();
-            if now >= next_renew || next_flush.is_some_and(|t| now >= t) {
+            let record_due = self.record_at.is_some_and(|t| now >= t);
+            if now >= next_renew || record_due || next_flush.is_some_and(|t| now >= t) {
+                self.record_at = None;
                 match self.renew().await {
                     Ok(true) => {
                         next_renew = Instant::now() + renew_every;
@@ -244,7 +254,7 @@ impl Active {
                 }
             }
             let mut deadline = next_renew.min(next_catch_up);
-            for t in [next_flush, retry_at].into_iter().flatten() {
+            for t in [next_flush, retry_at, self.record_at].into_iter().flatten() {
                 deadline = deadline.min(t);
             }
             tokio::select! {
@@ -317,13 +327,13 @@ impl Active {
 
     /// Writes the checkpoint and extends the lease. `Ok(false)`: rejected, lease lost.
     async fn renew(&mut self) -> Result<bool, ()> {
-        let view = self.shared.view();
-        if view != self.last_view {
-            self.last_view = view.clone();
-            self.view_since = Instant::now();
+        let (view, age) = self.shared.view_with_age();
+        let settle = self.shared.settings.view_settle;
+        let record = next_record(&view, &self.recorded, age >= settle);
+        if record.is_none() && view.iter().ne(self.recorded.iter()) && age < settle {
+            // A smaller view not settled yet: look again when it has.
+            self.record_at = Some(Instant::now() + (settle - age));
         }
-        let settled = self.view_since.elapsed() >= self.shared.settings.lease_ttl / 3;
-        let record = next_record(&view, &self.recorded, settled);
         let checkpoint = self.acks.checkpoint();
         let sent = Instant::now();
         let ttl = self.shared.settings.lease_ttl;

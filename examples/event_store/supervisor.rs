@@ -47,6 +47,11 @@ pub struct Settings {
     pub batch: i64,
     /// How long the example's handler works on an event before acknowledging it.
     pub handler_delay: Duration,
+    /// How long this node's view of the members must stay unchanged before it takes a
+    /// lease over from a node it lost, or records a smaller view with its own leases.
+    /// Longer than the time it takes to see every peer of a partition go (a heartbeat
+    /// interval or two), so a transient view never counts.
+    pub view_settle: Duration,
     /// How long a handoff waits for the acknowledgements in flight.
     pub drain_timeout: Duration,
 }
@@ -150,6 +155,8 @@ pub struct Shared {
     /// Injected faults.
     pub faults: Faults,
     status: Mutex<BTreeMap<String, LocalStatus>>,
+    /// The view last noted, and when it was first seen.
+    last_view: Mutex<(BTreeSet<String>, Instant)>,
 }
 
 impl Shared {
@@ -175,6 +182,7 @@ impl Shared {
                 ..Faults::default()
             },
             status: Mutex::new(BTreeMap::new()),
+            last_view: Mutex::new((BTreeSet::new(), Instant::now())),
         }
     }
 
@@ -188,6 +196,17 @@ impl Shared {
             .collect();
         v.insert(self.name.clone());
         v
+    }
+
+    /// This node's view and how long it has been unchanged. The supervisor notes every
+    /// membership change as it happens; a change seen here first is noted now.
+    pub fn view_with_age(&self) -> (BTreeSet<String>, Duration) {
+        let view = self.view();
+        let mut last = self.last_view.lock().unwrap_or_else(|p| p.into_inner());
+        if last.0 != view {
+            *last = (view.clone(), Instant::now());
+        }
+        (view, last.1.elapsed())
     }
 
     /// Updates the local status of `subscription`.
@@ -270,6 +289,7 @@ pub async fn supervise(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let next_restart = not_before.values().min().copied();
+        shared.view_with_age();
         tokio::select! {
             _ = shutdown.changed() => break,
             u = membership.recv() => match u {

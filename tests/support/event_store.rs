@@ -50,6 +50,8 @@ pub const FAST: &[&str] = &[
     "1s",
     "--checkpoint-interval",
     "100ms",
+    "--view-settle",
+    "500ms",
 ];
 
 /// The example's binary, built on first use.
