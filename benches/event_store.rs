@@ -15,6 +15,7 @@ mod es;
 mod http_client;
 #[path = "../tests/support/lab.rs"]
 mod lab;
+#[allow(dead_code)]
 #[path = "../examples/event_store/placement.rs"]
 mod placement;
 #[path = "../tests/support/postgres.rs"]
@@ -119,7 +120,15 @@ fn failover() {
             let freeze = kind.starts_with("SIGSTOP");
             let got = fx.block_on(async {
                 for k in 0..3 {
-                    es::wait_members(&fx, k, &[0, 1, 2].into_iter().filter(|&j| j != k).collect::<Vec<_>>()).await;
+                    es::wait_members(
+                        &fx,
+                        k,
+                        &[0, 1, 2]
+                            .into_iter()
+                            .filter(|&j| j != k)
+                            .collect::<Vec<_>>(),
+                    )
+                    .await;
                 }
                 let subs = spread_names(&[0, 1, 2], 2, |_, _| true);
                 for s in &subs {
@@ -150,7 +159,10 @@ fn failover() {
                         }
                     });
                     let at: i64 = db
-                        .query_one("SELECT (extract(epoch from clock_timestamp()) * 1000000)::bigint", &[])
+                        .query_one(
+                            "SELECT (extract(epoch from clock_timestamp()) * 1000000)::bigint",
+                            &[],
+                        )
                         .await
                         .expect("clock")
                         .get(0);
@@ -165,7 +177,8 @@ fn failover() {
                                 )
                                 .await
                                 .map_err(|e| e.to_string())?;
-                            r.get::<_, Option<i64>>(0).ok_or_else(|| "not yet".to_string())
+                            r.get::<_, Option<i64>>(0)
+                                .ok_or_else(|| "not yet".to_string())
                         })
                         .await;
                         out.push((first - at) as f64 / 1000.0);

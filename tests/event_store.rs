@@ -13,6 +13,7 @@ mod es;
 mod http_client;
 #[path = "support/lab.rs"]
 mod lab;
+#[allow(dead_code)]
 #[path = "../examples/event_store/placement.rs"]
 mod placement;
 #[path = "support/postgres.rs"]
@@ -71,8 +72,11 @@ fn assert_once_in_order_by(sub: &str, ds: &[Delivery], last: i64, node: &str) {
 #[test]
 fn append_on_a_reaches_subscribers_on_b_and_c_in_order() {
     let _serial = serial();
-    let Some(fx) = Fixture::start("append_on_a_reaches_subscribers_on_b_and_c_in_order", 3, &[])
-    else {
+    let Some(fx) = Fixture::start(
+        "append_on_a_reaches_subscribers_on_b_and_c_in_order",
+        3,
+        &[],
+    ) else {
         return;
     };
     for k in 0..3 {
@@ -152,7 +156,10 @@ fn concurrent_appends_with_the_same_expected_version_exactly_one_wins() {
                 append(&fx, 0, "account-7", json!(version), 1),
                 append(&fx, 1, "account-7", json!(version), 1),
             );
-            let winners = [&a, &b].iter().filter(|(s, _)| *s == StatusCode::OK).count();
+            let winners = [&a, &b]
+                .iter()
+                .filter(|(s, _)| *s == StatusCode::OK)
+                .count();
             assert_eq!(winners, 1, "round {round}: a {a:?}, b {b:?}");
             let loser = if a.0 == StatusCode::OK { &b } else { &a };
             assert_eq!(loser.0, StatusCode::CONFLICT, "round {round}: {loser:?}");
@@ -199,14 +206,21 @@ fn six_subscriptions_spread_over_three_nodes_with_one_active_owner_each() {
     fx.block_on(async {
         form(&fx, 3).await;
         // A client given one node finds every node's HTTP address.
-        let cluster = http_client::get(fx.http(0), "/cluster").await.expect("cluster");
+        let cluster = http_client::get(fx.http(0), "/cluster")
+            .await
+            .expect("cluster");
         let mut http: BTreeSet<String> = cluster["members"]
             .as_array()
             .expect("members")
             .iter()
             .map(|m| m["http_addr"].as_str().expect("http_addr").to_string())
             .collect();
-        http.insert(cluster["self"]["http_addr"].as_str().expect("self").to_string());
+        http.insert(
+            cluster["self"]["http_addr"]
+                .as_str()
+                .expect("self")
+                .to_string(),
+        );
         let want: BTreeSet<String> = (0..3).map(|k| fx.http(k).to_string()).collect();
         assert_eq!(http, want);
 
@@ -222,7 +236,8 @@ fn six_subscriptions_spread_over_three_nodes_with_one_active_owner_each() {
         assert_eq!(owned.len(), 3, "every node owns some: {owned:?}");
 
         for i in 0..6 {
-            let (st, body) = append(&fx, i % 3, &format!("stream-{}", i % 2), json!("any"), 5).await;
+            let (st, body) =
+                append(&fx, i % 3, &format!("stream-{}", i % 2), json!("any"), 5).await;
             assert_eq!(st, StatusCode::OK, "{body}");
         }
         let db = db(&fx).await;
@@ -246,8 +261,11 @@ fn kill_9_of_an_owner_mid_stream_resumes_on_the_survivors_from_the_checkpoint() 
     let _serial = serial();
     const NAME: &str = "kill_9_of_an_owner_mid_stream_resumes_on_the_survivors_from_the_checkpoint";
     // Handlers take 20 ms per event, two at a time: the stream takes seconds to deliver.
-    let Some(fx) = Fixture::start(NAME, 3, &["--handler-delay", "20ms", "--max-in-flight", "2"])
-    else {
+    let Some(fx) = Fixture::start(
+        NAME,
+        3,
+        &["--handler-delay", "20ms", "--max-in-flight", "2"],
+    ) else {
         return;
     };
     for k in 0..3 {
@@ -276,21 +294,31 @@ fn kill_9_of_an_owner_mid_stream_resumes_on_the_survivors_from_the_checkpoint() 
         for s in &victims {
             wait_for(&format!("{victim} to be delivering {s}"), || async {
                 let n = deliveries(&db, s).await.len();
-                if n >= 20 { Ok(()) } else { Err(format!("{n} delivered")) }
+                if n >= 20 {
+                    Ok(())
+                } else {
+                    Err(format!("{n} delivered"))
+                }
             })
             .await;
         }
         // The store's clock just before the kill: the failover printed below is an upper
         // bound.
         let killed_at_us: i64 = db
-            .query_one("SELECT (extract(epoch from clock_timestamp()) * 1000000)::bigint", &[])
+            .query_one(
+                "SELECT (extract(epoch from clock_timestamp()) * 1000000)::bigint",
+                &[],
+            )
             .await
             .expect("clock")
             .get(0);
         fx.with_node(0, |n| n.kill9());
         for s in &victims {
             let n = deliveries(&db, s).await.len() as i64;
-            assert!(n < LAST, "{s} was not mid-stream when {victim} was killed ({n} delivered)");
+            assert!(
+                n < LAST,
+                "{s} was not mid-stream when {victim} was killed ({n} delivered)"
+            );
         }
         wait_members(&fx, 1, &[2]).await;
         wait_members(&fx, 2, &[1]).await;
@@ -312,12 +340,25 @@ fn kill_9_of_an_owner_mid_stream_resumes_on_the_survivors_from_the_checkpoint() 
                 .expect("lease");
             let (epoch, node, from, reason): (i64, String, i64, String) =
                 (lease.get(0), lease.get(1), lease.get(2), lease.get(3));
-            assert_eq!(node, expected_owner(s, &[1, 2]), "{s}: taken over by its new owner");
-            assert!(reason == "takeover" || reason == "expired", "{s}: reason {reason}");
+            assert_eq!(
+                node,
+                expected_owner(s, &[1, 2]),
+                "{s}: taken over by its new owner"
+            );
+            assert!(
+                reason == "takeover" || reason == "expired",
+                "{s}: reason {reason}"
+            );
             let old: Vec<&Delivery> = ds.iter().filter(|d| d.epoch != epoch).collect();
             let new: Vec<&Delivery> = ds.iter().filter(|d| d.epoch == epoch).collect();
-            assert!(old.iter().all(|d| d.node == victim), "{s}: before, only {victim}");
-            assert!(new.iter().all(|d| d.node == node), "{s}: after, only {node}");
+            assert!(
+                old.iter().all(|d| d.node == victim),
+                "{s}: before, only {victim}"
+            );
+            assert!(
+                new.iter().all(|d| d.node == node),
+                "{s}: after, only {node}"
+            );
             // The new owner resumes right after the stored checkpoint, in order, to the end.
             assert_eq!(
                 new.iter().map(|d| d.position).collect::<Vec<_>>(),
@@ -328,14 +369,22 @@ fn kill_9_of_an_owner_mid_stream_resumes_on_the_survivors_from_the_checkpoint() 
             // what it delivered after it is what the new owner delivered again.
             let old_pos: Vec<i64> = old.iter().map(|d| d.position).collect();
             let acked: Vec<i64> = old_pos.iter().copied().filter(|p| *p <= from).collect();
-            assert_eq!(acked, (1..=from).collect::<Vec<_>>(), "{s}: acknowledged part");
+            assert_eq!(
+                acked,
+                (1..=from).collect::<Vec<_>>(),
+                "{s}: acknowledged part"
+            );
             // Duplicates: delivered by both, hence all past the checkpoint (unacknowledged
             // in the store when the victim died), each exactly twice.
             let mut count: BTreeMap<i64, usize> = BTreeMap::new();
             for d in &ds {
                 *count.entry(d.position).or_default() += 1;
             }
-            let duplicates: Vec<i64> = count.iter().filter(|(_, n)| **n > 1).map(|(p, _)| *p).collect();
+            let duplicates: Vec<i64> = count
+                .iter()
+                .filter(|(_, n)| **n > 1)
+                .map(|(p, _)| *p)
+                .collect();
             assert!(
                 duplicates.iter().all(|p| *p > from && count[p] == 2),
                 "{s}: duplicates only among the unacknowledged: {duplicates:?}, checkpoint {from}"
@@ -361,7 +410,11 @@ fn names_for_join() -> Vec<String> {
     spread_names(&[0, 1, 2], 2, |s, _| {
         // Take the first two movers and the first two stayers, then anything.
         let m = moves(s);
-        let ok = if m { moved < 2 || stayed >= 2 } else { stayed < 2 || moved >= 2 };
+        let ok = if m {
+            moved < 2 || stayed >= 2
+        } else {
+            stayed < 2 || moved >= 2
+        };
         if ok {
             if m {
                 moved += 1;
@@ -452,8 +505,14 @@ fn a_joining_node_takes_its_subscriptions_with_no_gap_and_no_overlap() {
                 "{s}: delivered by {old_owner}, then by d"
             );
             // No overlap: the old owner's last delivery precedes d's first.
-            let split = ds.iter().position(|d| d.node == node_name(3)).expect("d delivered");
-            assert!(ds[split - 1].at_us <= ds[split].at_us, "{s}: overlap in time");
+            let split = ds
+                .iter()
+                .position(|d| d.node == node_name(3))
+                .expect("d delivered");
+            assert!(
+                ds[split - 1].at_us <= ds[split].at_us,
+                "{s}: overlap in time"
+            );
             let lease = db
                 .query_one(
                     "SELECT node, checkpoint, reason FROM leases \
@@ -466,7 +525,11 @@ fn a_joining_node_takes_its_subscriptions_with_no_gap_and_no_overlap() {
                 (lease.get(0), lease.get(1), lease.get(2));
             assert_eq!(node, node_name(3));
             assert_eq!(reason, "free", "{s}: handed over by release, not taken");
-            assert_eq!(from, ds[split - 1].position, "{s}: d starts where {old_owner} stopped");
+            assert_eq!(
+                from,
+                ds[split - 1].position,
+                "{s}: d starts where {old_owner} stopped"
+            );
         }
     });
 }
@@ -503,7 +566,10 @@ fn a_partitioned_node_cannot_checkpoint_once_others_own_the_lease_and_heals_to_o
             .collect();
         let before = subscriptions(&fx, 0).await.expect("subscriptions");
         let partition_at_us: i64 = db
-            .query_one("SELECT (extract(epoch from clock_timestamp()) * 1000000)::bigint", &[])
+            .query_one(
+                "SELECT (extract(epoch from clock_timestamp()) * 1000000)::bigint",
+                &[],
+            )
             .await
             .expect("clock")
             .get(0);
@@ -517,25 +583,31 @@ fn a_partitioned_node_cannot_checkpoint_once_others_own_the_lease_and_heals_to_o
         assert_eq!(st, StatusCode::OK, "{body}");
 
         // b and c take a's leases; a's next checkpoint write is rejected and it stops.
-        wait_for("a's subscriptions to be taken over, and a's writes rejected", || async {
-            let on_a = subscriptions(&fx, 0).await?;
-            for s in &a_subs {
-                let row = &on_a[s];
-                let new_owner = expected_owner(s, &[1, 2]);
-                if row["owner"].as_str() != Some(&new_owner)
-                    || row["epoch"].as_i64() <= before[s]["epoch"].as_i64()
-                {
-                    return Err(format!("{s}: owner {} epoch {}", row["owner"], row["epoch"]));
+        wait_for(
+            "a's subscriptions to be taken over, and a's writes rejected",
+            || async {
+                let on_a = subscriptions(&fx, 0).await?;
+                for s in &a_subs {
+                    let row = &on_a[s];
+                    let new_owner = expected_owner(s, &[1, 2]);
+                    if row["owner"].as_str() != Some(&new_owner)
+                        || row["epoch"].as_i64() <= before[s]["epoch"].as_i64()
+                    {
+                        return Err(format!(
+                            "{s}: owner {} epoch {}",
+                            row["owner"], row["epoch"]
+                        ));
+                    }
+                    let local = &row["local"];
+                    if local["rejected_writes"].as_u64().unwrap_or(0) < 1
+                        || local["state"].as_str() == Some("active")
+                    {
+                        return Err(format!("{s} on a: {local}"));
+                    }
                 }
-                let local = &row["local"];
-                if local["rejected_writes"].as_u64().unwrap_or(0) < 1
-                    || local["state"].as_str() == Some("active")
-                {
-                    return Err(format!("{s} on a: {local}"));
-                }
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+        )
         .await;
         wait_delivered(&fx, &db, &subs, 40).await;
         // Alone, a took no lease from anyone.
@@ -558,7 +630,10 @@ fn a_partitioned_node_cannot_checkpoint_once_others_own_the_lease_and_heals_to_o
         })
         .await;
         let st_a = status(&fx, 0).await;
-        assert!(st_a["rejected_writes"].as_u64().unwrap_or(0) >= a_subs.len() as u64, "{st_a}");
+        assert!(
+            st_a["rejected_writes"].as_u64().unwrap_or(0) >= a_subs.len() as u64,
+            "{st_a}"
+        );
 
         // Heal: one owner per subscription again, the one placement gives.
         fx.heal();
@@ -583,7 +658,10 @@ fn a_partitioned_node_cannot_checkpoint_once_others_own_the_lease_and_heals_to_o
             for d in &ds {
                 owners.entry(d.epoch).or_default().insert(d.node.clone());
             }
-            assert!(owners.values().all(|n| n.len() == 1), "{s}: one node per epoch: {owners:?}");
+            assert!(
+                owners.values().all(|n| n.len() == 1),
+                "{s}: one node per epoch: {owners:?}"
+            );
             let last_epoch = owners.keys().last().copied().expect("deliveries");
             assert_eq!(
                 owners[&last_epoch].iter().next().cloned(),
@@ -648,7 +726,12 @@ fn lost_notifications_are_caught_up_by_the_timer() {
             assert!(st["catch_up_reads"].as_u64().unwrap_or(0) > 0, "{st}");
         }
         for s in &subs {
-            assert_once_in_order_by(s, &deliveries(&db, s).await, 15, &expected_owner(s, &[0, 1, 2]));
+            assert_once_in_order_by(
+                s,
+                &deliveries(&db, s).await,
+                15,
+                &expected_owner(s, &[0, 1, 2]),
+            );
         }
     });
 }

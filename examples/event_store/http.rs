@@ -42,7 +42,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/streams/{stream}", post(append).get(read_stream))
         .route("/all", get(read_all))
-        .route("/subscriptions", post(create_subscription).get(subscriptions))
+        .route(
+            "/subscriptions",
+            post(create_subscription).get(subscriptions),
+        )
         .route("/cluster", get(cluster))
         .route("/status", get(status))
         .route("/admin/faults", post(faults))
@@ -236,7 +239,10 @@ async fn create_subscription(State(shared): State<Arc<Shared>>, body: Bytes) -> 
             req.after
         )));
     }
-    let created = shared.store.create_subscription(&req.name, req.after).await?;
+    let created = shared
+        .store
+        .create_subscription(&req.name, req.after)
+        .await?;
     if created {
         shared.created(&req.name).await;
     }
@@ -342,6 +348,9 @@ async fn faults(State(shared): State<Arc<Shared>>, body: Bytes) -> ApiResult {
         .faults
         .drop_notifications
         .store(req.drop_notifications, Ordering::Relaxed);
-    tracing::warn!(drop_notifications = req.drop_notifications, "fault injection");
+    tracing::warn!(
+        drop_notifications = req.drop_notifications,
+        "fault injection"
+    );
     ok(json!({"drop_notifications": req.drop_notifications}))
 }

@@ -158,8 +158,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             humantime::format_duration(args.lease_ttl)
         );
     }
-    let store = Store::new(&args.database_url, args.db_connections)
-        .context("bad --database-url")?;
+    let store =
+        Store::new(&args.database_url, args.db_connections).context("bad --database-url")?;
     let deadline = tokio::time::Instant::now() + args.db_wait;
     loop {
         match store.migrate().await {
@@ -201,7 +201,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let cluster = Arc::new(builder.start().await.context("cannot start the cluster")?);
     let local = cluster.local().clone();
     store
-        .register_node(local.name.as_str(), &http_addr.to_string(), local.incarnation)
+        .register_node(
+            local.name.as_str(),
+            &http_addr.to_string(),
+            local.incarnation,
+        )
         .await
         .context("cannot register the node")?;
 
@@ -234,8 +238,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "event store node ready"
     );
     let mut stop_http = stop_rx.clone();
-    let server = axum::serve(listener, http::router(shared.clone()))
-        .with_graceful_shutdown(async move {
+    let server =
+        axum::serve(listener, http::router(shared.clone())).with_graceful_shutdown(async move {
             let _ = stop_http.wait_for(|s| *s).await;
         });
     let server = tokio::spawn(async move { server.await });

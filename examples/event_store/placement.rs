@@ -100,8 +100,14 @@ mod tests {
     #[test]
     fn score_is_stable() {
         // Placement must not change between builds or machines: pin a value.
-        assert_eq!(score("orders", "es@10.0.0.1"), score("orders", "es@10.0.0.1"));
-        assert_ne!(score("orders", "es@10.0.0.1"), score("orders", "es@10.0.0.2"));
+        assert_eq!(
+            score("orders", "es@10.0.0.1"),
+            score("orders", "es@10.0.0.1")
+        );
+        assert_ne!(
+            score("orders", "es@10.0.0.1"),
+            score("orders", "es@10.0.0.2")
+        );
         assert_ne!(score("ab", "c@h"), score("a", "bc@h"));
         assert_eq!(score("s", "n@h"), PINNED);
     }
@@ -161,18 +167,28 @@ mod tests {
         );
         // A peer died: recorded once the view has settled.
         assert_eq!(next_record(&set(&["a", "c"]), &abc, false), None);
-        assert_eq!(next_record(&set(&["a", "c"]), &abc, true), Some(vec(&["a", "c"])));
+        assert_eq!(
+            next_record(&set(&["a", "c"]), &abc, true),
+            Some(vec(&["a", "c"]))
+        );
         // Cut off alone: never, settled or not.
         assert_eq!(next_record(&set(&["a"]), &abc, true), None);
         // b and c, having lost a, keep their records current.
-        assert_eq!(next_record(&set(&["b", "c"]), &abc, true), Some(vec(&["b", "c"])));
+        assert_eq!(
+            next_record(&set(&["b", "c"]), &abc, true),
+            Some(vec(&["b", "c"]))
+        );
     }
 
     #[test]
     fn a_partition_seen_step_by_step_leaves_the_record_takeable() {
         // a sees b go, then c, within a heartbeat: the intermediate view is not settled.
         let mut recorded = vec(&["a", "b", "c"]);
-        for (view, settled) in [(set(&["a", "c"]), false), (set(&["a"]), false), (set(&["a"]), true)] {
+        for (view, settled) in [
+            (set(&["a", "c"]), false),
+            (set(&["a"]), false),
+            (set(&["a"]), true),
+        ] {
             if let Some(r) = next_record(&view, &recorded, settled) {
                 recorded = r;
             }

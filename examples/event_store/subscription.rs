@@ -196,7 +196,7 @@ impl Active {
             Instant::now() + renew_every
         };
         let mut members_open = true;
-                let mut next_flush: Option<Instant> = None;
+        let mut next_flush: Option<Instant> = None;
         let mut next_catch_up = Instant::now() + s.catch_up_interval;
         let mut retry_at: Option<Instant> = None;
         loop {
@@ -294,7 +294,11 @@ impl Active {
     }
 
     /// The handler: record the delivery, acknowledge after the configured delay.
-    async fn deliver(&mut self, event: &RecordedEvent, ack_tx: &mpsc::UnboundedSender<i64>) -> Result<(), ()> {
+    async fn deliver(
+        &mut self,
+        event: &RecordedEvent,
+        ack_tx: &mpsc::UnboundedSender<i64>,
+    ) -> Result<(), ()> {
         if let Err(e) = self
             .shared
             .store
@@ -355,7 +359,8 @@ impl Active {
                 if let Some(r) = record {
                     self.recorded = r;
                 }
-                self.shared.set_state(&self.name, |st| st.written = checkpoint);
+                self.shared
+                    .set_state(&self.name, |st| st.written = checkpoint);
                 Ok(true)
             }
             Ok(false) => {
@@ -377,7 +382,8 @@ impl Active {
             "checkpoint write rejected: another node holds the lease now; stopping"
         );
         self.shared.counters.rejected_writes.inc();
-        self.shared.set_state(&self.name, |st| st.rejected_writes += 1);
+        self.shared
+            .set_state(&self.name, |st| st.rejected_writes += 1);
     }
 
     /// Phase 3: stop delivering, wait for the acknowledgements in flight, write the
@@ -402,7 +408,8 @@ impl Active {
         {
             Ok(true) => {
                 tracing::info!(subscription = %self.name, epoch = self.epoch, checkpoint, "lease released");
-                self.shared.set_state(&self.name, |st| st.written = checkpoint);
+                self.shared
+                    .set_state(&self.name, |st| st.written = checkpoint);
                 self.shared.released(&self.name).await;
                 Outcome::HandedOff
             }

@@ -237,11 +237,16 @@ impl Shared {
 
     /// Tells every node that a subscription was created.
     pub async fn created(&self, subscription: &str) {
-        self.control(Control::Created(subscription.to_owned())).await;
+        self.control(Control::Created(subscription.to_owned()))
+            .await;
     }
 
     async fn control(&self, msg: Control) {
-        if let Err(e) = self.cluster.publish(TOPIC_CONTROL, fanout::encode(&msg)).await {
+        if let Err(e) = self
+            .cluster
+            .publish(TOPIC_CONTROL, fanout::encode(&msg))
+            .await
+        {
             tracing::debug!(error = %e, "cannot publish a control message");
         }
     }
@@ -363,10 +368,7 @@ pub async fn supervise(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
         let _ = r.handoff.send(true);
     }
     let grace = shared.settings.drain_timeout + Duration::from_secs(5);
-    let _ = tokio::time::timeout(grace, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let _ = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
 }
 
 async fn sleep_until_opt(t: Option<Instant>) {
@@ -386,7 +388,8 @@ fn reconcile(
 ) {
     let view = shared.view();
     for name in names {
-        let mine = placement::owner(name, view.iter().map(String::as_str)) == Some(shared.name.as_str());
+        let mine =
+            placement::owner(name, view.iter().map(String::as_str)) == Some(shared.name.as_str());
         match (mine, runners.get(name)) {
             (true, None) if !not_before.contains_key(name) => {
                 let (tx, rx) = watch::channel(false);
@@ -398,11 +401,9 @@ fn reconcile(
                     (name, outcome)
                 });
             }
-            (false, Some(r)) => {
-                if !*r.handoff.borrow() {
-                    tracing::info!(subscription = %name, "placement moved it away: handing off");
-                    let _ = r.handoff.send(true);
-                }
+            (false, Some(r)) if !*r.handoff.borrow() => {
+                tracing::info!(subscription = %name, "placement moved it away: handing off");
+                let _ = r.handoff.send(true);
             }
             _ => {}
         }

@@ -105,7 +105,10 @@ fn build_example() -> Result<PathBuf, String> {
     if bin.exists() {
         Ok(bin)
     } else {
-        Err(format!("built examples/event_store but {} is missing", bin.display()))
+        Err(format!(
+            "built examples/event_store but {} is missing",
+            bin.display()
+        ))
     }
 }
 
@@ -160,7 +163,10 @@ impl NodeProc {
 
     /// Its log so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .join("\n")
     }
 
     /// Whether a log line contains `text`.
@@ -189,7 +195,11 @@ impl Drop for NodeProc {
             eprintln!(
                 "---- log of {} (last 80 lines{}) ----",
                 self.name,
-                if saved { format!("; all in {}", file.display()) } else { String::new() }
+                if saved {
+                    format!("; all in {}", file.display())
+                } else {
+                    String::new()
+                }
             );
             for l in tail.iter().rev() {
                 eprintln!("{l}");
@@ -393,12 +403,22 @@ pub async fn wait_members(fx: &Fixture, k: usize, members: &[usize]) {
     wait_for(&format!("{} to see {want:?}", node_name(k)), || {
         let want = want.clone();
         async move {
-            let v = http_client::get(addr, "/cluster").await.map_err(|e| e.to_string())?;
+            let v = http_client::get(addr, "/cluster")
+                .await
+                .map_err(|e| e.to_string())?;
             let got: std::collections::BTreeSet<String> = v["members"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|m| m["name"].as_str().map(String::from)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|m| m["name"].as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default();
-            if got == want { Ok(()) } else { Err(format!("{got:?}")) }
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
         }
     })
     .await
@@ -502,7 +522,12 @@ pub async fn deliveries(db: &tokio_postgres::Client, subscription: &str) -> Vec<
 }
 
 /// Waits until every position in `1..=last` was delivered for each of `subscriptions`.
-pub async fn wait_delivered(fx: &Fixture, db: &tokio_postgres::Client, subscriptions: &[String], last: i64) {
+pub async fn wait_delivered(
+    fx: &Fixture,
+    db: &tokio_postgres::Client,
+    subscriptions: &[String],
+    last: i64,
+) {
     for s in subscriptions {
         wait_for(&format!("{s} to deliver positions 1..={last}"), || async {
             let n: i64 = db
@@ -514,7 +539,11 @@ pub async fn wait_delivered(fx: &Fixture, db: &tokio_postgres::Client, subscript
                 .await
                 .map_err(|e| e.to_string())?
                 .get(0);
-            if n == last { Ok(()) } else { Err(format!("{n} of {last} delivered")) }
+            if n == last {
+                Ok(())
+            } else {
+                Err(format!("{n} of {last} delivered"))
+            }
         })
         .await;
     }
@@ -535,7 +564,10 @@ pub fn spread_names(
     for i in 0..10_000 {
         let s = format!("sub-{i}");
         let owner = crate::placement::owner(&s, names.iter().map(String::as_str)).expect("nodes");
-        let idx = names.iter().position(|n| n == owner).expect("owner is a node");
+        let idx = names
+            .iter()
+            .position(|n| n == owner)
+            .expect("owner is a node");
         if count[idx] < per_node && accept(&s, nodes[idx]) {
             count[idx] += 1;
             out.push(s);
@@ -559,25 +591,38 @@ pub fn expected_owner(subscription: &str, nodes: &[usize]) -> String {
 /// placement over `nodes` gives it, and is active on that node and on no other node of
 /// `nodes`.
 pub async fn wait_placed(fx: &Fixture, subs: &[String], nodes: &[usize]) {
-    wait_for("subscriptions to be placed and active on their owners", || async {
-        let mut views = Vec::new();
-        for &k in nodes {
-            views.push((k, subscriptions(fx, k).await?));
-        }
-        for s in subs {
-            let want = expected_owner(s, nodes);
-            for (k, view) in &views {
-                let row = view.get(s).ok_or(format!("{s} unknown to {}", node_name(*k)))?;
-                if row["owner"].as_str() != Some(&want) {
-                    return Err(format!("{s}: owner {} per {}, want {want}", row["owner"], node_name(*k)));
-                }
-                let active = row["local"]["state"].as_str() == Some("active");
-                if active != (node_name(*k) == want) {
-                    return Err(format!("{s}: state {} on {}", row["local"]["state"], node_name(*k)));
+    wait_for(
+        "subscriptions to be placed and active on their owners",
+        || async {
+            let mut views = Vec::new();
+            for &k in nodes {
+                views.push((k, subscriptions(fx, k).await?));
+            }
+            for s in subs {
+                let want = expected_owner(s, nodes);
+                for (k, view) in &views {
+                    let row = view
+                        .get(s)
+                        .ok_or(format!("{s} unknown to {}", node_name(*k)))?;
+                    if row["owner"].as_str() != Some(&want) {
+                        return Err(format!(
+                            "{s}: owner {} per {}, want {want}",
+                            row["owner"],
+                            node_name(*k)
+                        ));
+                    }
+                    let active = row["local"]["state"].as_str() == Some("active");
+                    if active != (node_name(*k) == want) {
+                        return Err(format!(
+                            "{s}: state {} on {}",
+                            row["local"]["state"],
+                            node_name(*k)
+                        ));
+                    }
                 }
             }
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
     .await
 }

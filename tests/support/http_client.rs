@@ -42,7 +42,9 @@ pub async fn request_raw(
     path: &str,
     body: Option<Vec<u8>>,
 ) -> Result<(StatusCode, Value), HttpError> {
-    let err = |what: &str, e: &dyn std::fmt::Display| HttpError(format!("{method} {addr}{path}: {what}: {e}"));
+    let err = |what: &str, e: &dyn std::fmt::Display| {
+        HttpError(format!("{method} {addr}{path}: {what}: {e}"))
+    };
     let work = async {
         let stream = tokio::net::TcpStream::connect(addr)
             .await

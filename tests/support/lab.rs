@@ -40,7 +40,9 @@ pub fn require_root(test: &str) -> bool {
     }
     skip_or_fail(
         test,
-        &format!("needs root for network namespaces and to run PostgreSQL as its user (euid {euid})"),
+        &format!(
+            "needs root for network namespaces and to run PostgreSQL as its user (euid {euid})"
+        ),
     );
     false
 }
@@ -125,7 +127,9 @@ fn kill_processes_in(ns: &str) {
 
 /// Removes namespaces and links left by labs whose process is gone.
 fn remove_stale() {
-    let gone = |name: &str| owner_pid(name).is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let gone = |name: &str| {
+        owner_pid(name).is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    };
     for line in output("ip", &["netns", "list"]).lines() {
         if let Some(ns) = line.split_whitespace().next()
             && gone(ns)
@@ -198,13 +202,29 @@ impl Lab {
         self.hosts.push(host.clone());
         run(
             "ip",
-            &["link", "add", &host.veth, "type", "veth", "peer", "name", &inner],
+            &[
+                "link", "add", &host.veth, "type", "veth", "peer", "name", &inner,
+            ],
         )?;
         run("ip", &["link", "set", &host.veth, "master", &self.bridge])?;
         run("ip", &["link", "set", &host.veth, "up"])?;
-        run("ip", &["link", "set", &inner, "netns", &host.ns, "name", "eth0"])?;
+        run(
+            "ip",
+            &["link", "set", &inner, "netns", &host.ns, "name", "eth0"],
+        )?;
         let ns = &host.ns;
-        run("ip", &["-n", ns, "addr", "add", &format!("{}/24", host.ip), "dev", "eth0"])?;
+        run(
+            "ip",
+            &[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{}/24", host.ip),
+                "dev",
+                "eth0",
+            ],
+        )?;
         run("ip", &["-n", ns, "link", "set", "eth0", "up"])?;
         run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
         Ok(i)
@@ -249,7 +269,10 @@ impl Lab {
         let verb = if add { "add" } else { "del" };
         for (from, to) in [(a, b), (b, a)] {
             let dst = format!("{}/32", self.hosts[to].ip);
-            run("ip", &["-n", &self.hosts[from].ns, "route", verb, "blackhole", &dst])?;
+            run(
+                "ip",
+                &["-n", &self.hosts[from].ns, "route", verb, "blackhole", &dst],
+            )?;
         }
         Ok(())
     }
@@ -258,7 +281,10 @@ impl Lab {
     pub fn cut(&self, i: usize, others: &[usize]) -> io::Result<()> {
         for &j in others {
             self.blackhole(true, i, j)?;
-            self.cuts.lock().unwrap_or_else(|p| p.into_inner()).push((i, j));
+            self.cuts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((i, j));
         }
         Ok(())
     }

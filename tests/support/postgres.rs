@@ -16,8 +16,8 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -111,7 +111,8 @@ impl Postgres {
         let (uid, gid) = postgres_user().ok_or_else(|| {
             Unavailable::NotInstalled("there is no `postgres` user to run PostgreSQL as".into())
         })?;
-        let fail = |what: &str, e: &dyn std::fmt::Display| Unavailable::Failed(format!("{what}: {e}"));
+        let fail =
+            |what: &str, e: &dyn std::fmt::Display| Unavailable::Failed(format!("{what}: {e}"));
         let dir = tempfile::Builder::new()
             .prefix("rallypoint-pg-")
             .tempdir()
@@ -122,7 +123,16 @@ impl Postgres {
         let out = Command::new(bin.join("initdb"))
             .arg("-D")
             .arg(&data)
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync"])
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ])
             .uid(uid)
             .gid(gid)
             .current_dir(dir.path())
@@ -138,7 +148,8 @@ impl Postgres {
         }
         // Clients come from other hosts of the test's own network: trust them.
         let hba = data.join("pg_hba.conf");
-        let mut conf = std::fs::read_to_string(&hba).map_err(|e| fail("cannot read pg_hba.conf", &e))?;
+        let mut conf =
+            std::fs::read_to_string(&hba).map_err(|e| fail("cannot read pg_hba.conf", &e))?;
         conf.push_str("\nhost all all 0.0.0.0/0 trust\n");
         std::fs::write(&hba, conf).map_err(|e| fail("cannot write pg_hba.conf", &e))?;
         let durable = if opts.durable { "on" } else { "off" };
@@ -188,7 +199,10 @@ impl Postgres {
         let deadline = Instant::now() + START_DEADLINE;
         let (lines, cv) = &*self.log;
         let mut guard = lines.lock().unwrap_or_else(|p| p.into_inner());
-        while !guard.iter().any(|l| l.contains("ready to accept connections")) {
+        while !guard
+            .iter()
+            .any(|l| l.contains("ready to accept connections"))
+        {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(Unavailable::Failed(format!(
@@ -196,11 +210,21 @@ impl Postgres {
                     guard.join("\n")
                 )));
             }
-            guard = cv.wait_timeout(guard, left).unwrap_or_else(|p| p.into_inner()).0;
+            guard = cv
+                .wait_timeout(guard, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
         drop(guard);
         let ok = Command::new(bin.join("pg_isready"))
-            .args(["-h", &self.host.to_string(), "-p", &self.port.to_string(), "-t", "10"])
+            .args([
+                "-h",
+                &self.host.to_string(),
+                "-p",
+                &self.port.to_string(),
+                "-t",
+                "10",
+            ])
             .stdout(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
@@ -224,7 +248,11 @@ impl Postgres {
 
     /// The server's log so far.
     pub fn log_text(&self) -> String {
-        self.log.0.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
+        self.log
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .join("\n")
     }
 
     /// Its directory (data in `data/`, the socket beside it).
