@@ -44,10 +44,14 @@ if ! command -v ip >/dev/null 2>&1; then
 fi
 
 # ---- Event store example: PostgreSQL server binaries (initdb, postgres) ----------
-# (added with the event-store part)
+# The tests run initdb and postgres from /usr/lib/postgresql/<version>/bin as the
+# `postgres` user (the package creates it).
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || ! id postgres >/dev/null 2>&1; then
+    apt_install postgresql-15 || apt_install postgresql
+fi
 
-# ---- DNS strategy: a real DNS server for the tests -------------------------------
-# (added with the DNS part)
+# ---- DNS strategy: the tests run a real DNS server in-process (hickory-server, a
+# dev-dependency): nothing to install.
 
 # ---- Helm chart checks: pip packages (helm-python-sdk, kubernetes-validate) -------
 # (added with the chart part)
