@@ -57,9 +57,7 @@ async fn daemons_cluster_through_the_kubernetes_api_and_scaling_down_prunes_one(
         s.name = format!("app@{ip}");
         s.cluster_addr = SocketAddr::new(ip.parse().unwrap(), port);
         s.http_addr = free_addr();
-        s.extra_toml = format!(
-            "[topologies.k8s]\nstrategy = \"kubernetes\"\nselector = \"kubernetes.io/service-name=app\"\nprune_after = \"1s\"\n"
-        );
+        s.extra_toml = "[topologies.k8s]\nstrategy = \"kubernetes\"\nselector = \"kubernetes.io/service-name=app\"\nprune_after = \"1s\"\n".to_string();
         s.env
             .push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
         s
