@@ -232,6 +232,7 @@ impl Builder {
                 status: handle.status,
             });
         }
+        let max_message = (self.membership.max_frame as usize).saturating_sub(MESSAGE_OVERHEAD);
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
         let pubsub = Arc::new(Registry::new(self.event_capacity));
         let task = tokio::spawn(membership::driver::run(membership::driver::Params {
@@ -251,6 +252,7 @@ impl Builder {
             bus,
             commands: cmd_tx,
             stats: stats_rx,
+            max_message,
             pubsub,
             topologies: statuses,
             task: tokio::sync::Mutex::new(Some(task)),
@@ -299,7 +301,19 @@ pub enum SendError {
     /// The cluster has shut down; nothing was sent.
     #[error("the cluster has shut down")]
     Stopped,
+    /// Topic and payload together exceed what one frame may carry (`max_frame`); nothing
+    /// was sent.
+    #[error("message of {size} bytes exceeds the frame limit of {limit} bytes")]
+    TooLarge {
+        /// Topic plus payload, in bytes.
+        size: usize,
+        /// The most a message may carry.
+        limit: usize,
+    },
 }
+
+/// Bytes a `Message` frame adds to its topic and payload (variant tag, two lengths).
+const MESSAGE_OVERHEAD: usize = 11;
 
 /// A running cluster node. Cheap to share behind an `Arc`; every method takes `&self`.
 pub struct Cluster {
@@ -307,6 +321,7 @@ pub struct Cluster {
     bus: Arc<Bus>,
     commands: mpsc::Sender<Command>,
     stats: watch::Receiver<Stats>,
+    max_message: usize,
     pubsub: Arc<Registry>,
     topologies: Vec<(String, watch::Receiver<TopologyStatus>)>,
     task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
@@ -376,6 +391,7 @@ impl Cluster {
         payload: impl Into<Bytes>,
     ) -> Result<usize, SendError> {
         let payload = payload.into();
+        self.check_size(topic, &payload)?;
         let (done, rx) = tokio::sync::oneshot::channel();
         self.commands
             .send(Command::Publish {
@@ -403,6 +419,7 @@ impl Cluster {
         payload: impl Into<Bytes>,
     ) -> Result<(), SendError> {
         let payload = payload.into();
+        self.check_size(topic, &payload)?;
         if *to == self.local.name {
             self.pubsub.deliver(Message {
                 from: self.local.clone(),
@@ -426,6 +443,18 @@ impl Cluster {
             Ok(false) => Err(SendError::NotMember(to.clone())),
             Err(_) => Err(SendError::Stopped),
         }
+    }
+
+    /// Refuses a message no frame could carry (a peer would cut the connection).
+    fn check_size(&self, topic: &str, payload: &[u8]) -> Result<(), SendError> {
+        let size = topic.len() + payload.len();
+        if size > self.max_message {
+            return Err(SendError::TooLarge {
+                size,
+                limit: self.max_message,
+            });
+        }
+        Ok(())
     }
 
     /// Leaves the cluster: stops the strategies, tells every peer that this node is

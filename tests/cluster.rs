@@ -253,3 +253,36 @@ async fn pubsub_reaches_every_member_and_one_member() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_message_too_large_for_a_frame_is_refused_and_cuts_nothing() {
+    let a = node("a", "k", vec![]).await;
+    let b = node("b", "k", vec![a.local().addr.to_string()]).await;
+    wait_members(&a, &["b"]).await;
+    let mut sa = a.subscribe();
+    let huge = vec![0u8; 2 << 20];
+    assert!(matches!(
+        a.publish("t", huge.clone()).await,
+        Err(rallypoint::SendError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        a.send(&b.local().name, "t", huge).await,
+        Err(rallypoint::SendError::TooLarge { .. })
+    ));
+    // The connection is intact: a normal message still arrives, and nobody went down.
+    let mut tb = b.topic("t");
+    a.publish("t", &b"small"[..]).await.unwrap();
+    let m = tokio::time::timeout(DEADLINE, tb.recv())
+        .await
+        .expect("delivered")
+        .unwrap();
+    assert_eq!(&m.payload[..], b"small");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sa.recv())
+            .await
+            .is_err(),
+        "no event"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
