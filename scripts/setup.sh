@@ -56,7 +56,9 @@ fi
 # ---- Helm chart checks: pip packages (helm-python-sdk, kubernetes-validate) -------
 # (added with the chart part)
 
-# ---- Status page: headless Chromium ----------------------------------------------
-# (added with the status-page part)
+# ---- Status page: headless Chromium and ChromeDriver (tests/status_page.rs) ------
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    apt_install chromium chromium-driver
+fi
 
 echo "setup: ok"

@@ -11,6 +11,10 @@
 //! | `GET /metrics` | the counters in the Prometheus text format (see [`super::metrics`]) |
 //! | `GET /healthz` | `200 ok` while the daemon runs |
 //! | `GET /readyz` | `200` once at least `min_members` peers are up, else `503` ([`api::Ready`]) |
+//! | `GET /` | the status page, for a person (with its script at `/status.js`) |
+//!
+//! The status page and its script hold no data, so they need no token: the script reads
+//! the API (asking for the token when it gets a `401`) and follows `/v1/events` live.
 
 use std::sync::Arc;
 
@@ -54,6 +58,8 @@ pub fn router(state: AppState) -> Router {
         .merge(guarded)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/", get(status_page))
+        .route("/status.js", get(status_script))
         .with_state(state)
 }
 
@@ -89,6 +95,37 @@ async fn members(State(s): State<AppState>) -> Json<api::Members> {
 async fn events(State(s): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
     let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     sse::events(&s.cluster, &s.history, last, s.stop.child_token()).await
+}
+
+/// The status page: static, no data (the script fetches it).
+const STATUS_HTML: &str = include_str!("status.html");
+/// The status page's script.
+const STATUS_JS: &str = include_str!("status.js");
+/// Only this page's own script, styles inline, requests to this origin.
+const STATUS_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; \
+connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+async fn status_page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, STATUS_CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        STATUS_HTML,
+    )
+}
+
+async fn status_script() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        STATUS_JS,
+    )
 }
 
 async fn healthz() -> impl IntoResponse {
