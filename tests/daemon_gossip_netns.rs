@@ -1,5 +1,6 @@
 //! `rallypoint run` with no configuration at all gossips, and finds a second
-//! `rallypoint run` on another host (network namespaces on a bridge; needs root).
+//! `rallypoint run` on another host; three daemons on one host share the default gossip
+//! port (network namespaces on a bridge; needs root).
 
 #[path = "support/netns.rs"]
 mod netns;
@@ -100,4 +101,91 @@ fn run_with_no_configuration_gossips_and_finds_another_host() {
         }
     }
     let _ = watch.0.kill();
+}
+
+/// The member names host `i`'s daemon with its API at `http` reports (empty while it
+/// does not answer).
+fn members_on(lab: &Lab, i: usize, http: &str) -> Vec<String> {
+    let out = lab
+        .command(i, BIN)
+        .args(["members", "--json", "--http-addr", http])
+        .env_remove("RALLYPOINT_HTTP_TOKEN")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .expect("rallypoint members");
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let mut names: Vec<String> = body["members"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(|n| n["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn three_daemons_on_one_host_share_the_default_gossip_port() {
+    if !require_root("three_daemons_on_one_host_share_the_default_gossip_port") {
+        return;
+    }
+    // A host of its own, so the default port 45892 is free whatever runs on this machine.
+    let lab = Lab::new(1).expect("lab");
+    let ip = lab.host(0).ip;
+    let home = tempfile::tempdir().unwrap();
+    let nodes = ["x", "y", "z"];
+    let mut procs = Vec::new();
+    for (k, n) in nodes.iter().enumerate() {
+        // No topology configured: the daemon gossips with the strategy's defaults
+        // (230.1.1.251:45892); only the cluster and HTTP ports differ per daemon.
+        let args = format!(
+            "run --name {n}@{ip} --cluster-addr {ip}:{} --http-addr 127.0.0.1:{}",
+            46000 + k,
+            46100 + k
+        );
+        procs.push(on_host(&lab, 0, n, home.path(), &args));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (k, n) in nodes.iter().enumerate() {
+        let want: Vec<String> = nodes
+            .iter()
+            .filter(|m| *m != n)
+            .map(|m| format!("{m}@{ip}"))
+            .collect();
+        let http = format!("127.0.0.1:{}", 46100 + k);
+        loop {
+            let got = members_on(&lab, 0, &http);
+            if got == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} sees {got:?}, expected {want:?}\n{n}: {}",
+                std::fs::read_to_string(home.path().join(format!("{n}-run.log")))
+                    .unwrap_or_default()
+            );
+            // A poll of the daemon's API, bounded by the deadline above.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // They all hold the default port, shared (SO_REUSEPORT): three UDP sockets on 45892.
+    let ss = lab
+        .command(0, "ss")
+        .args(["-Hlunp", "sport", "=", ":45892"])
+        .output()
+        .expect("ss");
+    let sockets = String::from_utf8_lossy(&ss.stdout)
+        .lines()
+        .filter(|l| l.contains("rallypoint"))
+        .count();
+    assert_eq!(
+        sockets,
+        3,
+        "three sockets on the default gossip port:\n{}",
+        String::from_utf8_lossy(&ss.stdout)
+    );
+    drop(procs);
 }
