@@ -125,6 +125,9 @@ struct Conn {
     exchange: bool,
     /// The peer's nonce, from its `Hello` (set together with `peer`).
     peer_nonce: [u8; 32],
+    /// For an inbound connection, the address it came from (for logs of refusals
+    /// before the peer has said who it is).
+    remote: Option<SocketAddr>,
 }
 
 #[derive(Debug)]
@@ -366,8 +369,11 @@ impl Core {
 
     /// An inbound connection was accepted from `remote`. Returns its id; the core queues
     /// its `Hello` at once.
-    pub fn handle_accepted(&mut self, now: Instant, _remote: SocketAddr) -> ConnId {
+    pub fn handle_accepted(&mut self, now: Instant, remote: SocketAddr) -> ConnId {
         let id = self.new_conn(now, None, Phase::Handshake, false);
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.remote = Some(remote);
+        }
         if self.left {
             self.close(id);
             return id;

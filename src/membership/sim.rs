@@ -177,6 +177,13 @@ impl Sim {
         i
     }
 
+    /// Gives node `i` another name (before it starts), e.g. one another node has too.
+    pub fn rename(&mut self, i: usize, name: &str) {
+        if let Ok(name) = name.parse() {
+            self.nodes[i].name = name;
+        }
+    }
+
     /// The number of nodes (running or not).
     pub fn len(&self) -> usize {
         self.nodes.len()
@@ -241,7 +248,9 @@ impl Sim {
         if n.core.is_some() {
             return;
         }
-        n.incarnation += 1;
+        // Unique across nodes too (as random incarnations are), so that two nodes given
+        // one name are two instances: node index in the high bits, start count below.
+        n.incarnation = ((i as u64) << 32) | ((n.incarnation + 1) & 0xffff_ffff);
         n.epoch += 1;
         let local = Node {
             name: n.name.clone(),

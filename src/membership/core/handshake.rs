@@ -32,6 +32,7 @@ impl Core {
                 peer: None,
                 exchange,
                 peer_nonce: [0; 32],
+                remote: None,
             },
         );
         id
@@ -239,6 +240,20 @@ impl Core {
                     None => {}
                 }
                 already_up = true;
+            } else if let Some(heard) = self.still_alive(now, old.conn) {
+                // Another instance with this name is up and was heard from just now: two
+                // live nodes share a name. The one up first stays; the newcomer is
+                // refused (it retries with backoff), so observers see no flapping. A
+                // real restart gets in as soon as the old instance's connection closes
+                // or times out.
+                let detail = format!(
+                    "{} is up here as another instance (incarnation {}, {}, heard {} ms ago)",
+                    peer.name,
+                    old.node.incarnation,
+                    old.node.addr,
+                    heard.as_millis()
+                );
+                return self.refuse(now, conn, RejectReason::NameClash, &detail);
             } else {
                 tracing::info!(peer = %peer.name, "peer restarted: replacing the old incarnation");
                 self.down(now, &peer.name, DownReason::ConnectionClosed);
@@ -313,6 +328,22 @@ impl Core {
         }
     }
 
+    /// How long ago an established connection last brought a frame, when that is recent
+    /// enough (within three heartbeats, and within `down_after`) to say its peer is alive.
+    fn still_alive(&self, now: Instant, conn: Option<ConnId>) -> Option<std::time::Duration> {
+        let c = self.conns.get(&conn?)?;
+        if c.phase != Phase::Established {
+            return None;
+        }
+        let fresh = self
+            .config
+            .heartbeat_interval
+            .saturating_mul(3)
+            .min(self.config.down_after);
+        let heard = now.saturating_duration_since(c.last_recv);
+        (heard < fresh).then_some(heard)
+    }
+
     /// The order both sides agree on between two connections of the same pair: the
     /// dialler's name, then the dialler's nonce. Smaller wins.
     fn conn_key(&self, conn: ConnId) -> Option<(NodeName, [u8; 32])> {
@@ -335,13 +366,17 @@ impl Core {
         detail: &str,
     ) {
         let peer = self.conns.get(&conn).and_then(|c| c.peer.clone());
+        let remote = self.conns.get(&conn).and_then(|c| c.remote);
         self.count_failure(reason.as_str());
-        self.log_refusal(peer.as_ref().map(|p| p.addr), reason, || {
+        // Rate-limited by where the connection really came from, else by the address
+        // the peer claims.
+        self.log_refusal(remote.or(peer.as_ref().map(|p| p.addr)), reason, || {
             format!(
-                "refused peer {}: {} ({detail})",
+                "refused peer {}{}: {} ({detail})",
                 peer.as_ref()
                     .map(|p| p.name.to_string())
                     .unwrap_or_else(|| "?".into()),
+                remote.map(|r| format!(" from {r}")).unwrap_or_default(),
                 reason.as_str()
             )
         });

@@ -215,6 +215,51 @@ fn a_restarted_node_is_down_then_up_in_that_order() {
 }
 
 #[test]
+fn two_live_nodes_with_one_name_do_not_flap() {
+    // Nodes 1 and 2 are both `twin@10.9.9.9` (a copy-pasted configuration); node 0 knows
+    // both. The first one up stays up at node 0; the other is refused as a name clash
+    // for as long as the first lives, and node 0's events never flap between them.
+    let mut sim = Sim::new(SimConfig::default());
+    for _ in 0..3 {
+        sim.add_node("cookie", static_topology());
+    }
+    sim.rename(1, "twin@10.9.9.9");
+    sim.rename(2, "twin@10.9.9.9");
+    sim.set_candidates(0, 0, &[1, 2]);
+    sim.start(0);
+    sim.start(1);
+    sim.run_for(Duration::from_millis(200), u64::MAX);
+    sim.start(2);
+    sim.run_for(Duration::from_secs(60), u64::MAX);
+    let evs: Vec<&Event> = sim.events(0).iter().map(|(_, _, e)| e).collect();
+    let first = sim.node(1).unwrap();
+    assert!(
+        matches!(evs.as_slice(), [Event::NodeUp(n)] if *n == first),
+        "one nodeup, for the first twin, and nothing else: {evs:?}"
+    );
+    let stats = &sim.core(0).unwrap().stats().handshake_failures;
+    let clashes = stats.get("name_clash").copied().unwrap_or(0);
+    assert!(clashes >= 1, "the second twin is refused: {clashes}");
+    sim.check_invariants().unwrap();
+
+    // Once the first twin is gone, the second one gets in.
+    sim.crash(1);
+    assert!(
+        sim.run_until(Duration::from_secs(30), Duration::from_millis(10), |s| {
+            s.core(0)
+                .unwrap()
+                .members()
+                .any(|n| Some(n) == s.node(2).as_ref())
+        })
+        .is_some(),
+        "the second twin never came up after the first one left"
+    );
+    let evs: Vec<&Event> = sim.events(0).iter().map(|(_, _, e)| e).collect();
+    assert_eq!(evs.len(), 3, "{evs:?}");
+    sim.check_invariants().unwrap();
+}
+
+#[test]
 fn a_graceful_leave_is_seen_as_left() {
     let n = 4;
     let mut sim = seeded_cluster(n, SimConfig::default());
@@ -406,11 +451,15 @@ proptest! {
         faults in proptest::collection::vec(fault(6), 1..25),
     ) {
         let mut sim = seeded_cluster(n, SimConfig { seed, jitter: Duration::from_millis(3), ..SimConfig::default() });
+        // One more node with another cookie, which every node tries and which tries every
+        // node: it must never be up anywhere, nor anyone up at it (`check_invariants`).
+        let foreign = sim.add_node("another cookie", static_topology());
         // Everyone knows everyone (as with gossip), so any two survivors can meet again.
-        for i in 0..n {
-            let others: Vec<usize> = (0..n).filter(|j| *j != i).collect();
+        for i in 0..=n {
+            let others: Vec<usize> = (0..=n).filter(|j| *j != i).collect();
             sim.set_candidates(i, 0, &others);
         }
+        sim.start(foreign);
         for f in faults {
             match f {
                 Fault::Cut(a, b) if a < n && b < n && a != b => sim.cut_link(a, b),
