@@ -918,8 +918,10 @@ async fn server_errors_keep_the_set_and_are_retried() {
     );
     assert_eq!(*st.peers, good);
     r.api.force_status(None);
-    r.wait("recovery", |st| st.last_error.is_none()).await;
+    let st = r.wait("recovery", |st| st.last_error.is_none()).await;
     assert_eq!(*r.handle.status.borrow().peers, good);
+    // The watch resumed from its version: one full list in all.
+    assert_eq!(st.counters.get("lists"), Some(&1), "{st:?}");
     r.stop().await;
 }
 
@@ -991,6 +993,7 @@ async fn the_api_server_restarts_mid_watch() {
     let good = set([peer("10.0.0.1", 4000), peer("10.0.0.2", 4000)]);
     r.wait_set("the endpoints", &good).await;
     r.api.wait_watches_opened(0).await;
+    let lists = r.api.list_requests();
 
     r.api.stop().await;
     let st = r
@@ -1017,11 +1020,24 @@ async fn the_api_server_restarts_mid_watch() {
         &[Ep::ready("10.0.0.2", "b"), Ep::ready("10.0.0.3", "c")],
     ));
     r.api.restart().await;
-    r.wait("recovery with the change", |st| {
-        st.last_error.is_none()
-            && *st.peers == set([peer("10.0.0.2", 4000), peer("10.0.0.3", 4000)])
-    })
-    .await;
+    let st = r
+        .wait("recovery with the change", |st| {
+            st.last_error.is_none()
+                && *st.peers == set([peer("10.0.0.2", 4000), peer("10.0.0.3", 4000)])
+        })
+        .await;
+    // It resumed: a new watch from the version it had, no full list (only one-item
+    // probes of whether the server answers again).
+    let after: Vec<String> = r.api.requests().into_iter().collect();
+    let full_lists = after
+        .iter()
+        .filter(|q| !q.contains("watch=true") && !q.contains("limit=1"))
+        .count();
+    assert_eq!(
+        full_lists, lists,
+        "resumed by a watch, not a relist: {after:#?}"
+    );
+    assert_eq!(st.counters.get("lists"), Some(&1), "{st:?}");
     r.stop().await;
 }
 

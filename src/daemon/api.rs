@@ -118,6 +118,9 @@ pub struct Topology {
     pub last_error: Option<String>,
     /// When the strategy last reported a set (RFC 3339, UTC); `null` before the first.
     pub last_success: Option<String>,
+    /// Since when the strategy has been failing (RFC 3339, UTC); `null` while healthy.
+    #[serde(default)]
+    pub failing_since: Option<String>,
     /// How many failures the strategy reported in all.
     pub errors_total: u64,
     /// Strategy-specific counters, by name.
@@ -151,6 +154,7 @@ impl Topology {
             reported: status.reported,
             last_error: status.last_error.clone(),
             last_success: status.last_success.map(rfc3339),
+            failing_since: status.failing_since.map(rfc3339),
             errors_total: status.errors_total,
             counters: status
                 .counters

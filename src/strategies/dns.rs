@@ -533,8 +533,8 @@ impl State {
     }
 
     /// Reports the set, and the failures. While anything fails, the set is reported
-    /// only when it changed, so the context logs the failure once, not a recovery and a
-    /// failure at each poll.
+    /// (when it changed) as degraded, so the context logs the failure once, not a
+    /// recovery and a failure at each change.
     ///
     /// Nothing is reported before some name has answered: a strategy that has only
     /// failed has no set, rather than an empty one.
@@ -542,9 +542,14 @@ impl State {
         let peers = self.peers();
         let failures = self.failures();
         let changed = self.reported.as_ref() != Some(&peers);
-        if (failures.is_empty() || changed) && self.any_answer() {
-            ctx.report(peers.clone());
-            self.reported = Some(peers);
+        if self.any_answer() {
+            if failures.is_empty() {
+                ctx.report(peers.clone());
+                self.reported = Some(peers);
+            } else if changed {
+                ctx.report_degraded(peers.clone());
+                self.reported = Some(peers);
+            }
         }
         if !failures.is_empty() {
             ctx.failing(&failures.join("; "));

@@ -191,7 +191,11 @@ impl Runner {
         self.checked = now;
         if force || self.reported.as_ref() != Some(&peers) {
             self.flush(ctx);
-            ctx.report(peers.clone());
+            if self.send_failing {
+                ctx.report_degraded(peers.clone());
+            } else {
+                ctx.report(peers.clone());
+            }
             self.reported = Some(peers);
         }
     }

@@ -459,6 +459,46 @@ impl Runner {
         }
     }
 
+    /// After a failed watch: waits out the backoff, then checks that the API server
+    /// answers (a list of at most one object's metadata, within `request_timeout`),
+    /// again and again until it does. `None` once it answers; `Some` to end the session
+    /// (shutdown, or an answer that needs a new client or a relist).
+    async fn wait_until_answering<K: Source>(
+        &mut self,
+        ctx: &Context,
+        api: &Api<K>,
+        conn: &Connection,
+    ) -> Option<Ended> {
+        loop {
+            if !self.pause(ctx).await {
+                return Some(Ended::Shutdown);
+            }
+            let lp = kube::api::ListParams::default()
+                .labels(&self.config.selector)
+                .limit(1);
+            let answer = tokio::time::timeout(self.config.request_timeout, api.list_metadata(&lp));
+            let error = match answer.await {
+                Ok(Ok(_)) => return None,
+                Ok(Err(e)) => self.classify(&watcher::Error::InitialListFailed(e), conn),
+                Err(_) => Ended::Failed {
+                    error: Failure(format!(
+                        "the API server at {} did not answer within {} (request_timeout)",
+                        conn.server,
+                        humantime::format_duration(self.config.request_timeout)
+                    )),
+                    reconnect: false,
+                },
+            };
+            match error {
+                Ended::Failed {
+                    error,
+                    reconnect: false,
+                } => ctx.failing(&error),
+                other => return Some(other),
+            }
+        }
+    }
+
     /// Waits out the backoff; false on shutdown.
     async fn pause(&mut self, ctx: &Context) -> bool {
         let d = self.backoff.next_delay(&mut self.rng);
@@ -520,7 +560,7 @@ impl Runner {
     async fn session<K: Source>(&mut self, ctx: &Context, conn: &Connection) -> Ended {
         let api: Api<K> = Api::namespaced(conn.client.clone(), &conn.namespace);
         let wc = watcher::Config::default().labels(&self.config.selector);
-        let mut stream = watcher(api, wc).boxed();
+        let mut stream = watcher(api.clone(), wc).boxed();
         let rules = Rules::new(&self.config, ctx, &conn.namespace);
         let resync_at = tokio::time::Instant::now() + self.config.resync_interval;
         // Peers per object name, as of the last complete list plus the changes since.
@@ -530,10 +570,15 @@ impl Runner {
         // True until the first complete list: until then each step is a list request,
         // bounded by request_timeout; after it, a quiet watch may be silent for long.
         let mut initial = true;
+        // After a failure of the watch (not of a list) and once the server answers again:
+        // until when the resumed watch must stay free of errors to count as healthy.
+        let mut settle: Option<tokio::time::Instant> = None;
         loop {
             let next = async {
                 if initial {
                     tokio::time::timeout(self.config.request_timeout, stream.next()).await
+                } else if let Some(at) = settle {
+                    tokio::time::timeout_at(at, stream.next()).await
                 } else {
                     Ok(stream.next().await)
                 }
@@ -544,6 +589,13 @@ impl Runner {
                 item = next => item,
             };
             let event = match item {
+                Err(_) if !initial => {
+                    // The resumed watch settled without an error: healthy again.
+                    settle = None;
+                    self.backoff.reset();
+                    ctx.report(union(current.as_ref()));
+                    continue;
+                }
                 Err(_) => {
                     return Ended::Failed {
                         error: Failure(format!(
@@ -563,9 +615,35 @@ impl Runner {
                         reconnect: false,
                     };
                 }
-                Ok(Some(Err(e))) => return self.classify(&e, conn),
+                Ok(Some(Err(e))) => {
+                    let resumable = !initial && resumable(&e);
+                    match self.classify(&e, conn) {
+                        // After the first list, kube's watcher keeps the last version it
+                        // saw and, polled again, starts a new watch from there: a dropped
+                        // connection, a restarted API server or a passing 5xx resumes
+                        // without a relist. (A 410 relists, a 401 rebuilds the client, a
+                        // decode error relists: those end the session.)
+                        Ended::Failed {
+                            error,
+                            reconnect: false,
+                        } if resumable => {
+                            ctx.failing(&error);
+                            if let Some(ended) = self.wait_until_answering(ctx, &api, conn).await {
+                                return ended;
+                            }
+                            settle = Some(tokio::time::Instant::now() + WATCH_SETTLE);
+                            continue;
+                        }
+                        ended => return ended,
+                    }
+                }
                 Ok(Some(Ok(event))) => event,
             };
+            if settle.take().is_some() {
+                // The watch is back: whatever it brings, the set is current again.
+                self.backoff.reset();
+                ctx.report(union(current.as_ref()));
+            }
             match event {
                 watcher::Event::Init => {
                     ctx.count("lists", 1);
@@ -724,6 +802,26 @@ impl Runner {
                 reconnect: false,
             },
         }
+    }
+}
+
+/// How long a watch resumed after a failure must go without an error before the
+/// strategy counts as healthy again (a watch that cannot start fails within a round trip).
+const WATCH_SETTLE: Duration = Duration::from_secs(1);
+
+/// Whether kube's watcher can resume after this error by itself, from the version it
+/// has: transport failures, server errors, throttling and a refused watch. Not a decode
+/// error (the set may be missing an object: relist), a 410 or a 401.
+fn resumable(e: &watcher::Error) -> bool {
+    let status_resumable = |code: u16| code == 403 || code == 429 || code >= 500;
+    match e {
+        watcher::Error::WatchStartFailed(c) | watcher::Error::WatchFailed(c) => match c {
+            kube::Error::Api(status) => status_resumable(status.code),
+            kube::Error::SerdeError(_) => false,
+            _ => true,
+        },
+        watcher::Error::WatchError(status) => status_resumable(status.code),
+        watcher::Error::InitialListFailed(_) | watcher::Error::NoResourceVersion => false,
     }
 }
 

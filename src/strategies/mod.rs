@@ -136,6 +136,9 @@ pub struct TopologyStatus {
     pub last_error: Option<String>,
     /// When the strategy last reported a set (success).
     pub last_success: Option<SystemTime>,
+    /// Since when the strategy has been failing (the start of the current run of
+    /// failures); `None` while it is healthy.
+    pub failing_since: Option<SystemTime>,
     /// How many failures the strategy reported in all.
     pub errors_total: u64,
     /// Strategy-specific counters (for example gossip's packets by result), by name.
@@ -210,6 +213,18 @@ impl Context {
     /// address) is left out. Logs what was added and removed when the set changed, and a
     /// recovery when the strategy had been failing.
     pub fn report(&self, peers: PeerSet) {
+        self.set_peers(peers, true);
+    }
+
+    /// Reports the set as [`report`](Self::report) does, for a strategy that is still
+    /// failing in part (one host of several does not resolve, heartbeats cannot be sent
+    /// but some arrive): the set is replaced, the error stays, and no recovery is logged,
+    /// so a lasting failure is one warning, not one per report.
+    pub fn report_degraded(&self, peers: PeerSet) {
+        self.set_peers(peers, false);
+    }
+
+    fn set_peers(&self, peers: PeerSet, recovered: bool) {
         let me = &self.local;
         let peers: PeerSet = peers
             .into_iter()
@@ -217,8 +232,9 @@ impl Context {
             .collect();
         let topology = &self.topology;
         self.status.send_modify(|st| {
-            if let Some(err) = st.last_error.take() {
+            if recovered && let Some(err) = st.last_error.take() {
                 tracing::info!(%topology, previous_error = %err, "discovery recovered");
+                st.failing_since = None;
             }
             st.last_success = Some(SystemTime::now());
             if !st.reported || *st.peers != peers {
@@ -242,6 +258,9 @@ impl Context {
         let topology = &self.topology;
         self.status.send_modify(|st| {
             st.errors_total += 1;
+            if st.failing_since.is_none() {
+                st.failing_since = Some(SystemTime::now());
+            }
             if st.last_error.as_deref() != Some(msg.as_str()) {
                 tracing::warn!(%topology, error = %msg, "discovery failing; keeping the last good set");
             } else {

@@ -97,6 +97,9 @@ fn split_host_port(entry: &str) -> Result<(&str, u16), BadHost> {
     Ok((host, port))
 }
 
+/// How long one host name's lookup may take before it counts as failed.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Strategy for StaticHosts {
     fn kind(&self) -> &'static str {
         "static"
@@ -114,11 +117,22 @@ impl Strategy for StaticHosts {
                             resolved.insert(entry.clone(), vec![SocketAddr::new(ip, port)]);
                             continue;
                         }
-                        match tokio::net::lookup_host((host, port)).await {
-                            Ok(addrs) => {
+                        let lookup = tokio::time::timeout(
+                            RESOLVE_TIMEOUT,
+                            tokio::net::lookup_host((host, port)),
+                        );
+                        let answer = tokio::select! {
+                            _ = ctx.shutdown() => return,
+                            answer = lookup => answer,
+                        };
+                        match answer {
+                            Ok(Ok(addrs)) => {
                                 resolved.insert(entry.clone(), addrs.collect());
                             }
-                            Err(e) => errors.push(format!("cannot resolve {entry}: {e}")),
+                            Ok(Err(e)) => errors.push(format!("cannot resolve {entry}: {e}")),
+                            Err(_) => errors.push(format!(
+                                "cannot resolve {entry}: no answer within {RESOLVE_TIMEOUT:?}"
+                            )),
                         }
                     }
                 }
@@ -129,8 +143,12 @@ impl Strategy for StaticHosts {
                 .copied()
                 .map(Peer::new)
                 .collect();
-            ctx.report(peers);
-            if !errors.is_empty() {
+            // A host that does not resolve keeps its last addresses (an error is not an
+            // answer); the error is logged when it starts or changes, not every round.
+            if errors.is_empty() {
+                ctx.report(peers);
+            } else {
+                ctx.report_degraded(peers);
                 ctx.failing(&errors.join("; "));
             }
             if !ctx.sleep(self.config.resolve_interval).await {
@@ -201,6 +219,26 @@ mod tests {
             "self excluded"
         );
         assert!(st.last_error.unwrap().contains("no-such-host.invalid"));
+        // Round after round the failure stays one failure: the error is never cleared
+        // (a clear would log a recovery and the next round a new warning, and restart
+        // `failing_since`).
+        let since = st.failing_since.expect("failing since");
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                handle.status.changed().await.unwrap();
+                let st = handle.status.borrow().clone();
+                assert!(
+                    st.last_error.is_some(),
+                    "error cleared while failing: {st:?}"
+                );
+                assert_eq!(st.failing_since, Some(since), "one run of failures");
+                if st.errors_total >= 3 {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("three rounds");
         handle.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(10), task)
             .await
