@@ -1091,3 +1091,86 @@ async fn log_format_json_writes_one_json_object_a_line() {
     let b = Daemon::start(Spec::new("textlog")).await;
     assert!(b.log().lines().all(|l| !l.starts_with('{')), "{}", b.log());
 }
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_gets_its_messages_shed_and_its_connection_cut() {
+    use rallypoint::strategies::static_hosts::StaticHosts;
+    use rallypoint::{Cluster, Event, Update};
+
+    let b = Daemon::start(Spec::new("b")).await;
+    let a = Cluster::builder()
+        .name("a@127.0.0.1")
+        .cluster_addr("127.0.0.1:0".parse().unwrap())
+        .cookie("test-cookie")
+        .membership(rallypoint::membership::Config {
+            heartbeat_interval: Duration::from_millis(100),
+            down_after: Duration::from_secs(1),
+            reconnect_initial: Duration::from_millis(100),
+            reconnect_max: Duration::from_millis(500),
+            ..Default::default()
+        })
+        .topology("peers", StaticHosts::new([b.spec.cluster_addr.to_string()]))
+        .start()
+        .await
+        .expect("cluster starts");
+    let mut events = a.subscribe();
+    let up = |u: &Update| matches!(u, Update::Event(Event::NodeUp(n)) if n.name.as_str() == "b@127.0.0.1");
+    let deadline = tokio::time::Instant::now() + FORM;
+    while !a.members().iter().any(|n| n.name.as_str() == "b@127.0.0.1") {
+        let u = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("b comes up")
+            .expect("events");
+        if up(&u) {
+            break;
+        }
+    }
+
+    // b stops reading (the process is stopped, its sockets stay open): 64 messages of
+    // 1 MB are far more than the kernel's buffers and the 8 MiB write budget hold, so
+    // most of them are shed, not queued.
+    b.signal(libc::SIGSTOP);
+    for _ in 0..64 {
+        a.publish("bulk", vec![7u8; 1_000_000])
+            .await
+            .expect("publish");
+    }
+    let shed = a.stats().messages_dropped;
+    assert!(
+        shed >= 32,
+        "messages shed towards a peer that does not read: {shed}"
+    );
+
+    // b is down at a (its silence and the stalled writes both say so)...
+    let down = loop {
+        let u = tokio::time::timeout_at(tokio::time::Instant::now() + DETECT, events.recv())
+            .await
+            .expect("b goes down while stopped")
+            .expect("events");
+        if let Update::Event(Event::NodeDown { node, reason }) = u
+            && node.name.as_str() == "b@127.0.0.1"
+        {
+            break reason;
+        }
+    };
+    assert!(
+        matches!(
+            down,
+            rallypoint::DownReason::HeartbeatTimeout | rallypoint::DownReason::ConnectionClosed
+        ),
+        "{down:?}"
+    );
+    // ...and once it runs again, it is back.
+    b.signal(libc::SIGCONT);
+    let deadline = tokio::time::Instant::now() + FORM;
+    loop {
+        let u = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("b back up after SIGCONT")
+            .expect("events");
+        if up(&u) {
+            break;
+        }
+    }
+    a.shutdown().await;
+}

@@ -56,6 +56,10 @@ mod handshake;
 mod peers;
 use crate::strategies::backoff::Backoff;
 
+/// How many inbound connections may be in their handshake at once; more are closed at
+/// once (counted as handshake failure `overload`) until some finish or time out.
+pub const MAX_PENDING_HANDSHAKES: usize = 2048;
+
 /// Identifies one connection of one core. Chosen by the core.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId(pub u64);
@@ -370,9 +374,27 @@ impl Core {
     /// An inbound connection was accepted from `remote`. Returns its id; the core queues
     /// its `Hello` at once.
     pub fn handle_accepted(&mut self, now: Instant, remote: SocketAddr) -> ConnId {
+        let pending = self
+            .conns
+            .values()
+            .filter(|c| c.target.is_none() && c.phase == Phase::Handshake)
+            .count();
         let id = self.new_conn(now, None, Phase::Handshake, false);
         if let Some(c) = self.conns.get_mut(&id) {
             c.remote = Some(remote);
+        }
+        if pending >= MAX_PENDING_HANDSHAKES {
+            // A flood of connections that never finish their handshake: refuse new ones
+            // until the stalled ones time out, rather than hold without bound.
+            self.count_failure("overload");
+            self.log_refusal(Some(remote), RejectReason::Protocol, || {
+                format!(
+                    "refused a connection from {remote}: {MAX_PENDING_HANDSHAKES} handshakes \
+                     are already pending"
+                )
+            });
+            self.close(id);
+            return id;
         }
         if self.left {
             self.close(id);

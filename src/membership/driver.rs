@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -32,6 +33,13 @@ use crate::strategies::TopologyStatus;
 /// How many frames may wait for one peer's socket before the peer counts as too slow
 /// and its connection is cut.
 const WRITE_QUEUE: usize = 4096;
+/// How many bytes may wait for one peer's socket (at least this, or four of the largest
+/// frames): past three quarters of it, pub/sub messages to that peer are shed; past all
+/// of it, the peer counts as too slow and its connection is cut.
+const WRITE_QUEUE_BYTES: usize = 8 << 20;
+/// How many events from the connection tasks may wait for the owner; a reader that finds
+/// it full waits (TCP then pushes back on the peer) instead of queueing without bound.
+const NET_QUEUE: usize = 1024;
 
 /// A topology as the driver sees it.
 pub(crate) struct Topology {
@@ -65,6 +73,8 @@ enum NetEvent {
 
 struct ConnIo {
     writer: mpsc::Sender<Bytes>,
+    /// Bytes queued on `writer` and not yet written to the socket.
+    queued: Arc<AtomicUsize>,
     reader: JoinHandle<()>,
     writer_task: JoinHandle<()>,
 }
@@ -76,7 +86,9 @@ struct Driver {
     stats: watch::Sender<Stats>,
     pubsub: Arc<Registry>,
     messages_dropped: u64,
-    net_tx: mpsc::UnboundedSender<NetEvent>,
+    net_tx: mpsc::Sender<NetEvent>,
+    /// The byte budget of one peer's write queue.
+    queue_bytes: usize,
     conns: HashMap<ConnId, ConnIo>,
     closing: Vec<JoinHandle<()>>,
 }
@@ -110,8 +122,10 @@ pub(crate) async fn run(p: Params) {
         seed,
         Instant::now().into_std(),
     );
-    let (net_tx, mut net_rx) = mpsc::unbounded_channel();
+    let (net_tx, mut net_rx) = mpsc::channel(NET_QUEUE);
+    let queue_bytes = WRITE_QUEUE_BYTES.max(4 * config.max_frame as usize);
     let mut d = Driver {
+        queue_bytes,
         core,
         config,
         bus,
@@ -224,22 +238,26 @@ impl Driver {
                             Ok(Err(_)) => NetEvent::DialFailed(conn, "error"),
                             Err(_) => NetEvent::DialFailed(conn, "timeout"),
                         };
-                        let _ = tx.send(ev);
+                        let _ = tx.send(ev).await;
                     });
                 }
                 Action::Send { conn, frame } => {
                     let Some(io) = self.conns.get(&conn) else {
                         continue;
                     };
+                    let queued = io.queued.load(Ordering::Relaxed);
                     if matches!(frame, Frame::Message { .. })
-                        && io.writer.capacity() < WRITE_QUEUE / 4
+                        && (io.writer.capacity() < WRITE_QUEUE / 4
+                            || queued > self.queue_bytes / 4 * 3)
                     {
                         // At-most-once pub/sub: shed messages before membership frames.
                         self.messages_dropped += 1;
                         continue;
                     }
                     let bytes = Bytes::from(wire::encode(&frame));
-                    if io.writer.try_send(bytes).is_err() {
+                    let len = bytes.len();
+                    let full = queued + len > self.queue_bytes;
+                    if full || io.writer.try_send(bytes).is_err() {
                         // The peer does not read: cut it rather than queue without bound.
                         tracing::warn!(
                             conn = conn.0,
@@ -247,6 +265,8 @@ impl Driver {
                         );
                         self.drop_conn(conn);
                         self.core.handle_closed(Instant::now().into_std(), conn);
+                    } else {
+                        io.queued.fetch_add(len, Ordering::Relaxed);
                     }
                 }
                 Action::Close { conn } => self.drop_conn(conn),
@@ -300,25 +320,41 @@ impl Driver {
                     Err(e) => NetEvent::Bad(id, DecodeError::Malformed(e.to_string())),
                 };
                 let stop = matches!(ev, NetEvent::Bad(..));
-                if tx.send(ev).is_err() || stop {
+                if tx.send(ev).await.is_err() || stop {
                     return;
                 }
             }
-            let _ = tx.send(NetEvent::Closed(id));
+            let _ = tx.send(NetEvent::Closed(id)).await;
         });
         let (wtx, mut wrx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let written = queued.clone();
+        let tx = self.net_tx.clone();
+        // A write that cannot complete for this long means the peer stopped reading
+        // (or the network ate everything): the connection is cut, not kept half alive.
+        let stall = self.config.down_after;
         let writer_task = tokio::spawn(async move {
             while let Some(b) = wrx.recv().await {
-                if writer.send(b).await.is_err() {
-                    return;
+                let len = b.len();
+                match tokio::time::timeout(stall, writer.send(b)).await {
+                    Ok(Ok(())) => {
+                        written.fetch_sub(len, Ordering::Relaxed);
+                    }
+                    Ok(Err(_)) | Err(_) => {
+                        // The core forgets a connection it closed, so this is ignored
+                        // then; for a live one it is the peer going away.
+                        let _ = tx.send(NetEvent::Closed(id)).await;
+                        return;
+                    }
                 }
             }
-            let _ = SinkExt::<Bytes>::close(&mut writer).await;
+            let _ = tokio::time::timeout(stall, SinkExt::<Bytes>::close(&mut writer)).await;
         });
         self.conns.insert(
             id,
             ConnIo {
                 writer: wtx,
+                queued,
                 reader: reader_task,
                 writer_task,
             },

@@ -61,7 +61,8 @@ pub struct MemberEntry {
 pub enum RejectReason {
     /// The proof did not verify: the cookies differ.
     BadCookie,
-    /// The peer uses this node's own name.
+    /// The peer uses this node's own name, or another live instance with its name is up
+    /// here already.
     NameClash,
     /// The protocol versions differ (or the magic is wrong).
     BadVersion,

@@ -202,6 +202,46 @@ fn a_silent_connection_is_cut_after_the_handshake_timeout() {
     assert_eq!(c.stats().handshake_failures.get("timeout"), Some(&1));
 }
 
+#[test]
+fn a_hello_without_a_proof_is_cut_after_the_handshake_timeout() {
+    let now = Instant::now();
+    let mut c = core("a@h", now);
+    let id = c.handle_accepted(now, "10.0.0.2:1".parse().unwrap());
+    drain(&mut c);
+    c.handle_frame(now, id, Frame::Hello(hello("b@h", PROTOCOL_VERSION)));
+    assert!(!emitted(&drain(&mut c)));
+    let mut t = now;
+    while t < now + Config::default().handshake_timeout + Duration::from_secs(1) {
+        t = c.poll_timeout().unwrap();
+        c.handle_timeout(t);
+        assert!(!emitted(&drain(&mut c)), "never up without a proof");
+    }
+    assert_eq!(c.connection_count(), 0);
+    assert_eq!(c.stats().handshake_failures.get("timeout"), Some(&1));
+}
+
+#[test]
+fn pending_handshakes_are_capped() {
+    use crate::membership::core::MAX_PENDING_HANDSHAKES;
+    let now = Instant::now();
+    let mut c = core("a@h", now);
+    for i in 0..MAX_PENDING_HANDSHAKES + 10 {
+        let port = 1 + (i % 60000) as u16;
+        c.handle_accepted(now, std::net::SocketAddr::from(([10, 0, 0, 2], port)));
+    }
+    drain(&mut c);
+    assert_eq!(c.connection_count(), MAX_PENDING_HANDSHAKES);
+    assert_eq!(c.stats().handshake_failures.get("overload"), Some(&10));
+    // Once the stalled ones time out, connections are taken again.
+    let mut t = now;
+    while c.connection_count() > 0 {
+        t = c.poll_timeout().unwrap();
+        c.handle_timeout(t);
+    }
+    c.handle_accepted(t, "10.0.0.3:1".parse().unwrap());
+    assert_eq!(c.connection_count(), 1);
+}
+
 proptest! {
     /// Whatever bytes arrive, in whatever order, the core neither panics nor lets a
     /// peer up without a proof.
