@@ -383,6 +383,46 @@ fn quoted(list: &[&str]) -> String {
         .join(", ")
 }
 
+/// Whether an environment variable is one Kubernetes puts into every pod for a Service
+/// whose name starts with `rallypoint` (`RALLYPOINT_PORT=tcp://…`,
+/// `RALLYPOINT_API_SERVICE_HOST`, `RALLYPOINT_PORT_45894_TCP_ADDR`, …), not a
+/// configuration key: no top-level key ends that way, and nested keys hold `__`.
+fn is_service_link(key: &str) -> bool {
+    let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
+        return false;
+    };
+    if rest.contains("__") {
+        return false;
+    }
+    let words: Vec<&str> = rest.split('_').skip(1).collect();
+    let n = words.len();
+    let proto = |w: &str| matches!(w, "TCP" | "UDP" | "SCTP");
+    let number = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit());
+    // …_SERVICE_HOST, …_SERVICE_PORT, …_SERVICE_PORT_<name>
+    let service = (0..n).any(|i| {
+        words[i] == "SERVICE"
+            && match words.get(i + 1) {
+                Some(&"HOST") => i + 2 == n,
+                Some(&"PORT") => true,
+                _ => false,
+            }
+    });
+    if service {
+        return true;
+    }
+    // …_PORT, …_PORT_<n>_<PROTO>, …_PORT_<n>_<PROTO>_{ADDR,PORT,PROTO}
+    if let Some(i) = words.iter().rposition(|w| *w == "PORT") {
+        let tail = &words[i + 1..];
+        return match tail {
+            [] => true,
+            [p, q] => number(p) && proto(q),
+            [p, q, r] => number(p) && proto(q) && matches!(*r, "ADDR" | "PORT" | "PROTO"),
+            _ => false,
+        };
+    }
+    false
+}
+
 impl Config {
     /// Loads the configuration: `file` (if any) < the environment variables `env`
     /// (pass `std::env::vars()`; only `RALLYPOINT_*` ones are read) < `flags`.
@@ -393,7 +433,7 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let env: Map<String, String> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !is_service_link(k))
             .collect();
         let load = |e: config::ConfigError| ConfigError::Load(e.to_string());
         let mut builder = config::Config::builder();

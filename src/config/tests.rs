@@ -419,3 +419,39 @@ fn log_format_is_text_or_json() {
         .to_string();
     assert!(e.contains("`log_format`") && e.contains("xml"), "{e}");
 }
+
+#[test]
+fn kubernetes_service_links_are_not_configuration() {
+    // A Service named `rallypoint` (or `rallypoint-api`) in the namespace gives every
+    // pod these variables; they must not stop the daemon as unknown keys.
+    let links = [
+        ("RALLYPOINT_PORT", "tcp://10.96.0.12:45894"),
+        ("RALLYPOINT_PORT_45894_TCP", "tcp://10.96.0.12:45894"),
+        ("RALLYPOINT_PORT_45894_TCP_ADDR", "10.96.0.12"),
+        ("RALLYPOINT_PORT_45894_TCP_PORT", "45894"),
+        ("RALLYPOINT_PORT_45894_TCP_PROTO", "tcp"),
+        ("RALLYPOINT_SERVICE_HOST", "10.96.0.12"),
+        ("RALLYPOINT_SERVICE_PORT", "45894"),
+        ("RALLYPOINT_SERVICE_PORT_HTTP", "45894"),
+        ("RALLYPOINT_API_SERVICE_HOST", "10.96.0.13"),
+        ("RALLYPOINT_API_PORT_80_TCP_ADDR", "10.96.0.13"),
+        ("RALLYPOINT_SERVICE_SERVICE_HOST", "10.96.0.14"),
+    ];
+    let c = load("", &links, &Flags::default()).expect("service links are ignored");
+    assert_eq!(c.http_addr.to_string(), "127.0.0.1:45894");
+    // Real keys still count, and unknown ones are still refused.
+    let c = load(
+        "",
+        &[
+            ("RALLYPOINT_PORT", "tcp://x:1"),
+            ("RALLYPOINT_MIN_MEMBERS", "2"),
+        ],
+        &Flags::default(),
+    )
+    .unwrap();
+    assert_eq!(c.min_members, 2);
+    let err = refused("", &[("RALLYPOINT_PORTS", "1")]);
+    assert!(err.contains("ports"), "{err}");
+    let err = refused("", &[("RALLYPOINT_SERVICE_HOSTS", "1")]);
+    assert!(err.contains("service_hosts"), "{err}");
+}
