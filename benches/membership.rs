@@ -102,11 +102,18 @@ impl Isolated {
     }
 }
 
-async fn wait_down(subs: &mut [rallypoint::Subscription], name: &str) {
+async fn wait_down(
+    subs: &mut [rallypoint::Subscription],
+    name: &str,
+    want: rallypoint::DownReason,
+) {
     for s in subs.iter_mut() {
         loop {
             match s.recv().await {
-                Some(Update::Event(Event::NodeDown { node, .. })) if node.name.as_str() == name => {
+                Some(Update::Event(Event::NodeDown { node, reason }))
+                    if node.name.as_str() == name =>
+                {
+                    assert_eq!(reason, want, "{name} went down for the expected reason");
                     break;
                 }
                 Some(_) => continue,
@@ -134,7 +141,12 @@ async fn detection(frozen: bool) -> Duration {
     } else {
         let _ = victim.stop.take().unwrap().send(true);
     }
-    wait_down(&mut subs, "victim@127.0.0.1").await;
+    let want = if frozen {
+        rallypoint::DownReason::HeartbeatTimeout
+    } else {
+        rallypoint::DownReason::ConnectionClosed
+    };
+    wait_down(&mut subs, "victim@127.0.0.1", want).await;
     let took = t0.elapsed();
     seed.shutdown().await;
     other.shutdown().await;
