@@ -1056,6 +1056,18 @@ async fn the_event_stream_resumes_after_last_event_id_or_sends_a_fresh_snapshot(
             ("nodedown".into(), seen + 5),
         ]
     );
+
+    // The daemon restarts on the same address: an id of the old process means nothing
+    // to the new one, which sends a fresh snapshot (its ids are above the old ones).
+    let spec_a = a.spec.clone();
+    drop(a);
+    let a2 = Daemon::start(spec_a).await;
+    let ev = next_event(&mut open(a2.spec.http_addr, Some((seen + 5).to_string())).await).await;
+    assert_eq!(
+        ev.event, "snapshot",
+        "an id of the previous process: {ev:?}"
+    );
+    assert!(id_of(&ev) > seen + 5, "{ev:?}");
 }
 
 // ---------------------------------------------------------------- log format

@@ -7,8 +7,11 @@
 //! events continue from there.
 //!
 //! Every event has an `id`: the sequence number of the last membership event it
-//! includes. A snapshot's id is its sequence number; the events after it are numbered
-//! on from there, one by one (a [`Subscription`] yields every later event exactly once,
+//! includes, plus this process's id base (the time it started, in ms, times 2^20), so
+//! that the ids of a restarted daemon never repeat those of the one before it: a client
+//! that reconnects to a new process with an old id gets a fresh snapshot, not the new
+//! process's events after a number that meant something else. A snapshot's id is its
+//! sequence number; the events after it are numbered on from there, one by one (a [`Subscription`] yields every later event exactly once,
 //! in order, until a resync, which brings its own sequence number). Between events the
 //! server sends keep-alive comments. The stream ends when the daemon shuts down.
 //!
@@ -56,6 +59,8 @@ impl Rendered {
 /// subscription; holds a contiguous run of events, those after `base`.
 pub struct History {
     ring: Mutex<Ring>,
+    /// Added to every sequence number to make the ids of this process its own.
+    offset: u64,
     /// The sequence number of the latest event recorded (or of the latest resync).
     last: watch::Sender<u64>,
 }
@@ -74,7 +79,12 @@ impl History {
         let mut sub = cluster.subscribe();
         let members = cluster.watch();
         let base = sub.snapshot().seq;
+        let started_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let history = Arc::new(History {
+            offset: (started_ms & ((1 << 43) - 1)) << 20,
             ring: Mutex::new(Ring {
                 capacity,
                 base,
@@ -105,6 +115,11 @@ impl History {
             }
         });
         history
+    }
+
+    /// What this process adds to sequence numbers to make event ids.
+    pub fn id_offset(&self) -> u64 {
+        self.offset
     }
 
     fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
@@ -168,6 +183,8 @@ struct Client {
     seq: Option<u64>,
     /// Events from the history to send first, for a resuming client.
     replay: VecDeque<(u64, Rendered)>,
+    /// Added to sequence numbers to make ids (see [`History::id_offset`]).
+    offset: u64,
 }
 
 /// The SSE response for one client: its own subscription, ended by `stop`. With
@@ -183,7 +200,10 @@ pub async fn events(
     let now = sub.snapshot().seq;
     let mut seq = None;
     let mut replay = VecDeque::new();
-    if let Some(after) = last_event_id.and_then(|s| s.trim().parse::<u64>().ok())
+    let offset = history.id_offset();
+    if let Some(after) = last_event_id
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .and_then(|id| id.checked_sub(offset))
         && after <= now
         && let Some(events) = history.between(after, now).await
     {
@@ -203,15 +223,16 @@ pub async fn events(
         stop,
         seq,
         replay,
+        offset,
     };
     let stream = futures::stream::unfold(client, |mut c| async move {
         if let Some((seq, r)) = c.replay.pop_front() {
-            return Some((Ok(r.to_sse(seq)), c));
+            return Some((Ok(r.to_sse(seq + c.offset)), c));
         }
         let Some(seq) = c.seq else {
             let snapshot = c.sub.snapshot().clone();
             c.seq = Some(snapshot.seq);
-            return Some((snapshot_event(&snapshot), c));
+            return Some((snapshot_event(&snapshot, c.offset), c));
         };
         let update = tokio::select! {
             _ = c.stop.cancelled() => return None,
@@ -220,7 +241,7 @@ pub async fn events(
         let event = match update {
             Update::Event(ev) => {
                 c.seq = Some(seq + 1);
-                render(&ev, &c.members).map(|r| r.to_sse(seq + 1))
+                render(&ev, &c.members).map(|r| r.to_sse(seq + 1 + c.offset))
             }
             Update::Resync(snapshot) => {
                 tracing::debug!(
@@ -228,7 +249,7 @@ pub async fn events(
                     "an SSE client fell behind; sending it a fresh snapshot"
                 );
                 c.seq = Some(snapshot.seq);
-                snapshot_event(&snapshot)
+                snapshot_event(&snapshot, c.offset)
             }
         };
         Some((event, c))
@@ -236,10 +257,10 @@ pub async fn events(
     Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
 }
 
-fn snapshot_event(snapshot: &Arc<Snapshot>) -> Result<SseEvent, axum::Error> {
+fn snapshot_event(snapshot: &Arc<Snapshot>, offset: u64) -> Result<SseEvent, axum::Error> {
     SseEvent::default()
         .event(api::SNAPSHOT)
-        .id(snapshot.seq.to_string())
+        .id((snapshot.seq + offset).to_string())
         .json_data(api::Members::of(snapshot))
 }
 
