@@ -340,9 +340,13 @@ impl Driver {
                     Ok(Ok(())) => {
                         written.fetch_sub(len, Ordering::Relaxed);
                     }
-                    Ok(Err(_)) | Err(_) => {
-                        // The core forgets a connection it closed, so this is ignored
-                        // then; for a live one it is the peer going away.
+                    // A write error means the connection is closing: the reader reports
+                    // it, in order after the frames the peer sent before (a `Reject` of
+                    // a duplicate connection must be read before its close is seen).
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        // Stalled: the peer does not read, and the reader may see
+                        // nothing. (Ignored by the core for a connection it closed.)
                         let _ = tx.send(NetEvent::Closed(id)).await;
                         return;
                     }

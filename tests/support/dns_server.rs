@@ -77,6 +77,12 @@ fn name(n: &str) -> Name {
 impl DnsServer {
     /// Starts the server with an empty zone `rp.test.` (negative answers: TTL 1 s).
     pub async fn start() -> Self {
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into()).await
+    }
+
+    /// [`DnsServer::start`], answering on `ip` (the authoritative part stays on
+    /// loopback behind the front).
+    pub async fn start_on(ip: std::net::IpAddr) -> Self {
         let origin = name(ZONE);
         let zone = InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
         let soa = SOA::new(
@@ -108,9 +114,9 @@ impl DnsServer {
 
         // The front: UDP and TCP on one port.
         let (front_udp, front_tcp) = loop {
-            let u = UdpSocket::bind("127.0.0.1:0").await.expect("bind front");
+            let u = UdpSocket::bind((ip, 0)).await.expect("bind front");
             let port = u.local_addr().unwrap().port();
-            if let Ok(t) = TcpListener::bind(("127.0.0.1", port)).await {
+            if let Ok(t) = TcpListener::bind((ip, port)).await {
                 break (u, t);
             }
         };

@@ -170,7 +170,12 @@ type Body = BoxBody<Bytes, Infallible>;
 impl KubeApi {
     /// Starts a server on a free loopback port that accepts the bearer `token`.
     pub async fn start(token: &str) -> KubeApi {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        KubeApi::start_on("127.0.0.1:0".parse().expect("address"), token).await
+    }
+
+    /// Starts a server on `bind` (port 0: a free one) that accepts the bearer `token`.
+    pub async fn start_on(bind: SocketAddr, token: &str) -> KubeApi {
+        let listener = tokio::net::TcpListener::bind(bind)
             .await
             .expect("bind the fake API server");
         let addr = listener.local_addr().expect("local addr");

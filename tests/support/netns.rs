@@ -68,7 +68,8 @@ pub struct Lab {
     hosts: Vec<Host>,
 }
 
-const PREFIX: &str = "rpt";
+/// The prefix of every namespace and link name (then the owning process id, base 36).
+pub const PREFIX: &str = "rpt";
 
 /// Runs `ip` with these arguments; an error carries its stderr.
 pub fn ip(args: &[&str]) -> io::Result<()> {
@@ -101,7 +102,7 @@ fn output(program: &str, args: &[&str]) -> String {
 }
 
 /// Base-36, fixed width: keeps interface names within Linux's 15 bytes.
-fn base36(mut n: u32, width: usize) -> String {
+pub fn base36(mut n: u32, width: usize) -> String {
     let digits = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut s = vec![b'0'; width];
     for slot in s.iter_mut().rev() {
@@ -147,7 +148,8 @@ pub fn remove_stale() {
     }
 }
 
-fn kill_processes(ns: &str) {
+/// Kills every process left in network namespace `ns`.
+pub fn kill_processes(ns: &str) {
     for pid in output("ip", &["netns", "pids", ns]).split_whitespace() {
         if let Ok(pid) = pid.parse::<i32>() {
             // SAFETY: kill has no memory-safety preconditions.
