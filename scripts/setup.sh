@@ -69,6 +69,11 @@ assert helm_python.__version__ == "0.2.2" and kv.__version__ == "1.37.0"' >/dev/
         python3 -m pip install --quiet --break-system-packages "${chart_pip_packages[@]}"
 fi
 
+# ---- Fuzzing (scripts/fuzz.sh): cargo-fuzz from crates.io ------------------------
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install --locked cargo-fuzz@0.13.2
+fi
+
 # ---- Status page: headless Chromium and ChromeDriver (tests/status_page.rs) ------
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     apt_install chromium chromium-driver

@@ -431,18 +431,40 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         flags: &Flags,
     ) -> Result<Config, ConfigError> {
+        let file = file.map(|path| {
+            config::File::from(path)
+                .format(config::FileFormat::Toml)
+                .required(true)
+        });
+        Config::load_with(file, env, flags)
+    }
+
+    /// [`Config::load`] with the file's part given as TOML text.
+    pub fn load_str(
+        toml: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &Flags,
+    ) -> Result<Config, ConfigError> {
+        let text = config::File::from_str(toml, config::FileFormat::Toml);
+        Config::load_with(Some(text), env, flags)
+    }
+
+    fn load_with<S>(
+        file: Option<S>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &Flags,
+    ) -> Result<Config, ConfigError>
+    where
+        S: config::Source + Send + Sync + 'static,
+    {
         let env: Map<String, String> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !is_service_link(k))
             .collect();
         let load = |e: config::ConfigError| ConfigError::Load(e.to_string());
         let mut builder = config::Config::builder();
-        if let Some(path) = file {
-            builder = builder.add_source(
-                config::File::from(path)
-                    .format(config::FileFormat::Toml)
-                    .required(true),
-            );
+        if let Some(file) = file {
+            builder = builder.add_source(file);
         }
         builder = builder.add_source(
             config::Environment::with_prefix(ENV_PREFIX)

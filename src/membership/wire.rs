@@ -143,31 +143,44 @@ pub fn encode(frame: &Frame) -> Vec<u8> {
     postcard::to_stdvec(frame).unwrap_or_default()
 }
 
-/// Decodes a frame body. A `Hello` is checked for magic and version before the rest is
-/// read, so a future version's different `Hello` is reported as such.
+/// Decodes a frame body. A `Hello` must carry the magic and this protocol version; a
+/// `Hello` that does not decode but starts with the magic and another version (a future
+/// version's different `Hello`) is reported as [`DecodeError::BadVersion`].
+///
+/// The checks look at the decoded frame, not at the bytes: postcard also reads an
+/// enum's variant written in a longer (non-canonical) varint, so a check of the first
+/// byte alone could be walked around (found by the `frame_decoder` fuzz target).
 pub fn decode(bytes: &[u8]) -> Result<Frame, DecodeError> {
-    if bytes.first() == Some(&0) {
-        #[derive(Deserialize)]
-        struct Prefix {
-            magic: [u8; 4],
-            version: u16,
+    #[derive(Deserialize)]
+    struct Prefix {
+        magic: [u8; 4],
+        version: u16,
+    }
+    let frame = match postcard::take_from_bytes::<Frame>(bytes) {
+        Ok((frame, [])) => frame,
+        Ok((_, rest)) => {
+            return Err(DecodeError::Malformed(format!(
+                "{} trailing bytes",
+                rest.len()
+            )));
         }
-        let (prefix, _) = postcard::take_from_bytes::<Prefix>(&bytes[1..])
-            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        if prefix.magic != MAGIC {
+        Err(e) => {
+            if let Ok(((0u32, prefix), _)) = postcard::take_from_bytes::<(u32, Prefix)>(bytes)
+                && prefix.magic == MAGIC
+                && prefix.version != PROTOCOL_VERSION
+            {
+                return Err(DecodeError::BadVersion(prefix.version));
+            }
+            return Err(DecodeError::Malformed(e.to_string()));
+        }
+    };
+    if let Frame::Hello(h) = &frame {
+        if h.magic != MAGIC {
             return Err(DecodeError::Malformed("bad magic".into()));
         }
-        if prefix.version != PROTOCOL_VERSION {
-            return Err(DecodeError::BadVersion(prefix.version));
+        if h.version != PROTOCOL_VERSION {
+            return Err(DecodeError::BadVersion(h.version));
         }
-    }
-    let (frame, rest) = postcard::take_from_bytes::<Frame>(bytes)
-        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(DecodeError::Malformed(format!(
-            "{} trailing bytes",
-            rest.len()
-        )));
     }
     Ok(frame)
 }
@@ -284,6 +297,36 @@ mod tests {
         let mut trailing = encode(&Frame::Heartbeat);
         trailing.push(0);
         assert!(matches!(decode(&trailing), Err(DecodeError::Malformed(_))));
+    }
+
+    /// Found by the `frame_decoder` fuzz target: a `Hello` whose variant index is
+    /// written as a two-byte varint (`80 00`) got past the magic and version check.
+    #[test]
+    fn a_hello_with_a_long_variant_index_is_still_checked() {
+        let mut bad = vec![0x80, 0x00];
+        let h = Hello {
+            magic: [0, 255, 0, 0],
+            ..match hello(PROTOCOL_VERSION) {
+                Frame::Hello(h) => h,
+                _ => unreachable!(),
+            }
+        };
+        bad.extend(postcard::to_stdvec(&h).unwrap());
+        assert_eq!(
+            decode(&bad),
+            Err(DecodeError::Malformed("bad magic".into()))
+        );
+        let mut future = vec![0x80, 0x00];
+        let h = match hello(7) {
+            Frame::Hello(h) => h,
+            _ => unreachable!(),
+        };
+        future.extend(postcard::to_stdvec(&h).unwrap());
+        assert_eq!(decode(&future), Err(DecodeError::BadVersion(7)));
+        // A future Hello that does not even decode as this version's.
+        let mut other = postcard::to_stdvec(&(0u32, MAGIC, 9u16)).unwrap();
+        other.push(0xff);
+        assert_eq!(decode(&other), Err(DecodeError::BadVersion(9)));
     }
 
     #[test]
