@@ -593,7 +593,7 @@ fn dns_failures_change_no_membership() {
     let ip = std::net::IpAddr::from(net.host(3).ip);
     let ips: Vec<std::net::IpAddr> = (0..3).map(|i| net.host(i).ip.into()).collect();
     let dns = fleet::OnHost::start(&net, 3, move || async move {
-        let s = DnsServer::start_on(ip).await;
+        let s = DnsServer::start_on(ip, 0).await;
         s.set_ips("pods.rp.test.", &ips, 1).await;
         s
     });

@@ -77,12 +77,12 @@ fn name(n: &str) -> Name {
 impl DnsServer {
     /// Starts the server with an empty zone `rp.test.` (negative answers: TTL 1 s).
     pub async fn start() -> Self {
-        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into()).await
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into(), 0).await
     }
 
-    /// [`DnsServer::start`], answering on `ip` (the authoritative part stays on
-    /// loopback behind the front).
-    pub async fn start_on(ip: std::net::IpAddr) -> Self {
+    /// [`DnsServer::start`], answering on `ip` and `port` (0: a free one; the
+    /// authoritative part stays on loopback behind the front).
+    pub async fn start_on(ip: std::net::IpAddr, port: u16) -> Self {
         let origin = name(ZONE);
         let zone = InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
         let soa = SOA::new(
@@ -114,10 +114,12 @@ impl DnsServer {
 
         // The front: UDP and TCP on one port.
         let (front_udp, front_tcp) = loop {
-            let u = UdpSocket::bind((ip, 0)).await.expect("bind front");
-            let port = u.local_addr().unwrap().port();
-            if let Ok(t) = TcpListener::bind((ip, port)).await {
-                break (u, t);
+            let u = UdpSocket::bind((ip, port)).await.expect("bind front");
+            let bound = u.local_addr().unwrap().port();
+            match TcpListener::bind((ip, bound)).await {
+                Ok(t) => break (u, t),
+                Err(e) if port != 0 => panic!("bind the front's TCP port {port}: {e}"),
+                Err(_) => continue,
             }
         };
         let addr = front_udp.local_addr().unwrap();
