@@ -183,6 +183,69 @@ async fn three_nodes_form_through_endpointslices_and_scaling_down_prunes_one() {
     wait_members(&nodes[1], &[IPS[0], IPS[2]]).await;
     wait_members(&nodes[2], &[IPS[0], IPS[1]]).await;
 
+    // No longer ready (not terminating), then gone from the slice altogether: each is
+    // pruned too, and not before the grace period (300 ms) has passed.
+    let mut subs = [nodes[0].subscribe(), nodes[1].subscribe()];
+    let changes: [(&str, Box<dyn Fn(&mut serde_json::Value)>); 2] = [
+        (
+            "not ready",
+            Box::new(|o| {
+                o["endpoints"][2]["conditions"] =
+                    json!({"ready": false, "serving": false, "terminating": false});
+            }),
+        ),
+        (
+            "deleted",
+            Box::new(|o| {
+                if let Some(eps) = o["endpoints"].as_array_mut() {
+                    eps.truncate(2);
+                }
+            }),
+        ),
+    ];
+    for (what, change) in changes {
+        let t0 = tokio::time::Instant::now();
+        api.modify(Kind::EndpointSlice, NS, "app-x1", |o| change(o));
+        for sub in &mut subs {
+            let (node, reason) = tokio::time::timeout(DEADLINE, async {
+                loop {
+                    match sub.recv().await {
+                        Some(Update::Event(Event::NodeDown { node, reason })) => {
+                            return (node, reason);
+                        }
+                        Some(_) => continue,
+                        None => panic!("subscription ended"),
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("no nodedown once {what}"));
+            assert_eq!(node.name.as_str(), "app@127.0.0.3", "{what}");
+            assert_eq!(reason, DownReason::Pruned, "{what}");
+            assert!(
+                t0.elapsed() >= Duration::from_millis(300),
+                "{what}: pruned after {:?}, before the grace period",
+                t0.elapsed()
+            );
+        }
+        if what == "not ready" {
+            api.modify(Kind::EndpointSlice, NS, "app-x1", |o| {
+                o["endpoints"][2]["conditions"] =
+                    json!({"ready": true, "serving": true, "terminating": false});
+            });
+            wait_members(&nodes[0], &[IPS[1], IPS[2]]).await;
+            wait_members(&nodes[1], &[IPS[0], IPS[2]]).await;
+            // Skip the nodeup on the subscriptions.
+            for sub in &mut subs {
+                tokio::time::timeout(DEADLINE, async {
+                    while !matches!(sub.recv().await, Some(Update::Event(Event::NodeUp(_)))) {}
+                })
+                .await
+                .expect("nodeup");
+            }
+        }
+    }
+
     for n in &nodes {
         n.shutdown().await;
     }
