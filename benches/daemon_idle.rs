@@ -8,6 +8,8 @@
 
 #[path = "../tests/support/ports.rs"]
 mod ports;
+#[path = "../tests/support/procstat.rs"]
+mod procstat;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -32,21 +34,7 @@ impl Drop for Proc {
 
 /// (user + system CPU ticks, resident kB) of a process.
 fn usage(pid: u32) -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command, which is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some((ticks, rss))
+    Some((procstat::cpu_ticks(pid)?, procstat::rss_kib(pid)?))
 }
 
 fn clock_ticks() -> u64 {

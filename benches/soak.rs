@@ -20,6 +20,8 @@
 mod fleet;
 #[path = "../tests/support/netns.rs"]
 mod netns;
+#[path = "../tests/support/procstat.rs"]
+mod procstat;
 #[path = "../tests/support/switch.rs"]
 mod switch;
 
@@ -61,15 +63,7 @@ impl Rng {
 }
 
 fn rss_kib(pid: Option<u32>) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
+    procstat::rss_kib(pid?)
 }
 
 /// Waits for one full mesh; false (and a line saying so) when it does not come.

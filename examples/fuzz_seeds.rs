@@ -157,7 +157,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let via = relay(b.local().addr, streams.clone()).await?;
     let a = node("a@127.0.0.1", "seed cookie", vec![via.to_string()]).await?;
     let mut events = b.subscribe();
-    while !matches!(events.recv().await, Some(Update::Event(rallypoint::Event::NodeUp(_)))) {}
+    while !matches!(
+        events.recv().await,
+        Some(Update::Event(rallypoint::Event::NodeUp(_)))
+    ) {}
     a.publish("orders", &b"order 42 shipped"[..]).await?;
     b.publish("orders", &b"ack"[..]).await?;
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -173,12 +176,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         for (dir, stream, side) in [("in", up, 0u8), ("out", down, 1u8)] {
             // To the target the dialler's bytes arrive inbound; to the dialler the
             // target's bytes are the answers on a connection it dialled.
-            write(&seeds.join("frame_decoder"), &format!("conn{k}-{dir}"), stream)?;
+            write(
+                &seeds.join("frame_decoder"),
+                &format!("conn{k}-{dir}"),
+                stream,
+            )?;
             let mut hs = vec![side];
             hs.extend_from_slice(stream);
             write(&seeds.join("handshake"), &format!("conn{k}-{dir}"), &hs)?;
             for (f, frame) in frames(stream).into_iter().enumerate() {
-                write(&seeds.join("frame_decoder"), &format!("conn{k}-{dir}-{f}"), frame)?;
+                write(
+                    &seeds.join("frame_decoder"),
+                    &format!("conn{k}-{dir}-{f}"),
+                    frame,
+                )?;
                 n += 1;
             }
         }
@@ -225,7 +236,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("4 heartbeats");
 
     for (k, text) in CONFIGS.iter().enumerate() {
-        write(&seeds.join("config_loader"), &format!("readme{k}.toml"), text.as_bytes())?;
+        write(
+            &seeds.join("config_loader"),
+            &format!("readme{k}.toml"),
+            text.as_bytes(),
+        )?;
     }
     println!("{} configurations", CONFIGS.len());
     Ok(())

@@ -18,7 +18,7 @@ mod switch;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use fleet::{Daemon, FAST, Spec, wait_full_mesh};
+use fleet::{FAST, wait_full_mesh};
 
 /// Removes the per-namespace `/etc/netns/<ns>` directories when dropped.
 struct ResolvConfs(Vec<PathBuf>);
@@ -61,19 +61,7 @@ fn a_bare_name_is_completed_with_the_search_domains_of_resolv_conf() {
     let topology = format!(
         "{FAST}\n[topologies.pods]\nstrategy = \"dns\"\nquery = \"pods\"\ninterval = \"500ms\"\n"
     );
-    let ds: Vec<Daemon> = (0..3)
-        .map(|i| {
-            Daemon::start(
-                &net,
-                i,
-                Spec {
-                    name: format!("app@{}", net.host(i).ip),
-                    cookie: "search".into(),
-                    toml: topology.clone(),
-                },
-            )
-        })
-        .collect();
+    let ds = fleet::start_apps(&net, 3, "search", &topology);
     wait_full_mesh(&ds, Duration::from_secs(60));
     // Both search domains were asked, in order.
     let asked: Vec<String> = dns.get().queries().into_iter().map(|(_, n, _)| n).collect();

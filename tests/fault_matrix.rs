@@ -84,6 +84,31 @@ fn static_cluster(net: &Net, n: usize, timing: &str) -> Vec<Daemon> {
         .collect()
 }
 
+/// A formed cluster of static-hosts daemons, with a mark in each observer's record.
+/// Bind every field (`_one` too: it holds the one-test-at-a-time lock).
+struct Formed {
+    _one: MutexGuard<'static, ()>,
+    net: Net,
+    ds: Vec<Daemon>,
+    marks: Vec<usize>,
+}
+
+/// `hosts` daemons with `timing`, formed into one full mesh; `None` when the test
+/// cannot run here.
+fn formed(test: &str, hosts: usize, timing: &str) -> Option<Formed> {
+    let one = serial();
+    let net = net(test, hosts)?;
+    let ds = static_cluster(&net, hosts, timing);
+    wait_full_mesh(&ds, FORM);
+    let marks = ds.iter().map(|d| d.observer.mark()).collect();
+    Some(Formed {
+        _one: one,
+        net,
+        ds,
+        marks,
+    })
+}
+
 /// The events about `node` an observer saw after `mark`.
 fn about(d: &Daemon, node: &str, mark: usize) -> Vec<Seen> {
     d.observer
@@ -134,13 +159,15 @@ fn assert_quiet(ds: &[Daemon], marks: &[usize], window: Duration, what: &str) {
 
 #[test]
 fn kill_9_gives_connection_closed_everywhere() {
-    let _one = serial();
-    let Some(net) = net("kill_9_gives_connection_closed_everywhere", 3) else {
+    let Some(Formed {
+        _one,
+        net: _net,
+        mut ds,
+        marks,
+    }) = formed("kill_9_gives_connection_closed_everywhere", 3, FAST)
+    else {
         return;
     };
-    let mut ds = static_cluster(&net, 3, FAST);
-    wait_full_mesh(&ds, FORM);
-    let marks: Vec<usize> = ds.iter().map(|d| d.observer.mark()).collect();
     let victim = ds[2].name().to_owned();
     let t0 = Instant::now();
     ds[2].kill9();
@@ -161,13 +188,15 @@ fn kill_9_gives_connection_closed_everywhere() {
 
 #[test]
 fn sigterm_gives_left_everywhere() {
-    let _one = serial();
-    let Some(net) = net("sigterm_gives_left_everywhere", 3) else {
+    let Some(Formed {
+        _one,
+        net: _net,
+        mut ds,
+        marks,
+    }) = formed("sigterm_gives_left_everywhere", 3, FAST)
+    else {
         return;
     };
-    let mut ds = static_cluster(&net, 3, FAST);
-    wait_full_mesh(&ds, FORM);
-    let marks: Vec<usize> = ds.iter().map(|d| d.observer.mark()).collect();
     let victim = ds[2].name().to_owned();
     let t0 = Instant::now();
     let status = ds[2].terminate(Duration::from_secs(20));
@@ -191,13 +220,15 @@ fn sigterm_gives_left_everywhere() {
 
 #[test]
 fn a_cut_link_gives_heartbeat_timeout_and_heals() {
-    let _one = serial();
-    let Some(net) = net("a_cut_link_gives_heartbeat_timeout_and_heals", 3) else {
+    let Some(Formed {
+        _one,
+        net,
+        ds,
+        marks,
+    }) = formed("a_cut_link_gives_heartbeat_timeout_and_heals", 3, FAST)
+    else {
         return;
     };
-    let ds = static_cluster(&net, 3, FAST);
-    wait_full_mesh(&ds, FORM);
-    let marks: Vec<usize> = ds.iter().map(|d| d.observer.mark()).collect();
     let cut = ds[2].name().to_owned();
     let t0 = Instant::now();
     net.cut(2);
@@ -231,13 +262,19 @@ fn a_cut_link_gives_heartbeat_timeout_and_heals() {
 
 #[test]
 fn a_partition_into_halves_downs_the_other_half_and_heals() {
-    let _one = serial();
-    let Some(net) = net("a_partition_into_halves_downs_the_other_half_and_heals", 4) else {
+    let Some(Formed {
+        _one,
+        net,
+        ds,
+        marks,
+    }) = formed(
+        "a_partition_into_halves_downs_the_other_half_and_heals",
+        4,
+        FAST,
+    )
+    else {
         return;
     };
-    let ds = static_cluster(&net, 4, FAST);
-    wait_full_mesh(&ds, FORM);
-    let marks: Vec<usize> = ds.iter().map(|d| d.observer.mark()).collect();
     let halves: [&[usize]; 2] = [&[0, 1], &[2, 3]];
     net.partition(&halves);
     for half in halves {
@@ -356,13 +393,15 @@ fn a_200_ms_delay_with_jitter_forms_and_stays_stable() {
 
 #[test]
 fn a_flapping_link_gives_strictly_alternating_events() {
-    let _one = serial();
-    let Some(net) = net("a_flapping_link_gives_strictly_alternating_events", 3) else {
+    let Some(Formed {
+        _one,
+        net,
+        ds,
+        marks,
+    }) = formed("a_flapping_link_gives_strictly_alternating_events", 3, FAST)
+    else {
         return;
     };
-    let ds = static_cluster(&net, 3, FAST);
-    wait_full_mesh(&ds, FORM);
-    let marks: Vec<usize> = ds.iter().map(|d| d.observer.mark()).collect();
     let flapping = ds[2].name().to_owned();
     // Cut long enough to be seen down, healed long enough to be seen up: five times.
     for round in 0..5 {
@@ -390,16 +429,39 @@ fn a_flapping_link_gives_strictly_alternating_events() {
         net.heal(2);
         std::thread::sleep(Duration::from_millis(300)); // pacing the flaps
     }
+    // Settled: each side's last word about the flapping node is that it is up (a side
+    // may still be finishing a reconnect when another first shows the full mesh).
+    for i in 0..2 {
+        ds[i]
+            .observer
+            .wait(&format!("{flapping} up for good"), FORM, |r| {
+                r.members.contains_key(&flapping)
+                    && r.since(marks[i])
+                        .iter()
+                        .rev()
+                        .find(|(_, e)| e.node() == Some(flapping.as_str()))
+                        .is_some_and(|(_, e)| matches!(e, Seen::Up { .. }))
+            });
+    }
     wait_full_mesh(&ds, FORM);
     for i in 0..2 {
         let seen = kinds(&about(&ds[i], &flapping, marks[i]));
         assert!(seen.len() >= 10, "{}: {seen:?}", ds[i].name());
-        for pair in seen.chunks(2) {
-            assert_eq!(
-                pair,
-                ["down:heartbeat_timeout", "up"],
-                "{}: {seen:?}",
-                ds[i].name()
+        for (k, pair) in seen.chunks(2).enumerate() {
+            // The long flaps are seen by silence. In the short ones, TCP's retransmission
+            // backoff can outlast a flap (a timeout too), or the other side's timeout
+            // closes the connection first (seen as closed once the cable is back).
+            let reason_ok = if k < 5 {
+                pair[0] == "down:heartbeat_timeout"
+            } else {
+                pair[0] == "down:heartbeat_timeout" || pair[0] == "down:connection_closed"
+            };
+            assert!(
+                reason_ok && pair.get(1).map(String::as_str) == Some("up"),
+                "{}: {seen:?}\n--- its log\n{}\n--- {flapping}'s log\n{}",
+                ds[i].name(),
+                ds[i].log(),
+                ds[2].log()
             );
         }
     }
@@ -408,13 +470,15 @@ fn a_flapping_link_gives_strictly_alternating_events() {
 
 #[test]
 fn a_restart_is_old_incarnation_down_then_new_up() {
-    let _one = serial();
-    let Some(net) = net("a_restart_is_old_incarnation_down_then_new_up", 3) else {
+    let Some(Formed {
+        _one,
+        net,
+        mut ds,
+        marks,
+    }) = formed("a_restart_is_old_incarnation_down_then_new_up", 3, FAST)
+    else {
         return;
     };
-    let mut ds = static_cluster(&net, 3, FAST);
-    wait_full_mesh(&ds, FORM);
-    let marks: Vec<usize> = ds.iter().map(|d| d.observer.mark()).collect();
     let name = ds[2].name().to_owned();
     let old = ds[0].observer.record().members[&name].clone();
     ds[2].restart(&net);
@@ -516,19 +580,7 @@ fn kubernetes_api_failures_change_no_membership() {
          backoff_max = \"1s\"\nprune_after = \"2s\"\n",
         kubeconfig.display()
     );
-    let ds: Vec<Daemon> = (0..3)
-        .map(|i| {
-            Daemon::start(
-                &net,
-                i,
-                Spec {
-                    name: format!("app@{}", net.host(i).ip),
-                    cookie: COOKIE.into(),
-                    toml: topology.clone(),
-                },
-            )
-        })
-        .collect();
+    let ds = fleet::start_apps(&net, 3, COOKIE, &topology);
     wait_full_mesh(&ds, FORM);
     let marks: Vec<usize> = ds.iter().map(|d| d.observer.mark()).collect();
 
@@ -603,19 +655,7 @@ fn dns_failures_change_no_membership() {
          prune_after = \"2s\"\n",
         dns.get().addr()
     );
-    let ds: Vec<Daemon> = (0..3)
-        .map(|i| {
-            Daemon::start(
-                &net,
-                i,
-                Spec {
-                    name: format!("app@{}", net.host(i).ip),
-                    cookie: COOKIE.into(),
-                    toml: topology.clone(),
-                },
-            )
-        })
-        .collect();
+    let ds = fleet::start_apps(&net, 3, COOKIE, &topology);
     wait_full_mesh(&ds, FORM);
     let marks: Vec<usize> = ds.iter().map(|d| d.observer.mark()).collect();
 
@@ -727,6 +767,7 @@ fn twenty_nodes_started_at_once_form_one_mesh() {
         return;
     };
     // The daemon's default discovery (gossip), all started together.
+    let t0 = Instant::now();
     let ds: Vec<Daemon> = (0..20)
         .map(|i| {
             Daemon::start(
@@ -741,6 +782,10 @@ fn twenty_nodes_started_at_once_form_one_mesh() {
         })
         .collect();
     wait_full_mesh(&ds, Duration::from_secs(120));
+    eprintln!(
+        "20 daemons: one full mesh (190 connections) {:?} after the first start",
+        t0.elapsed()
+    );
     for (i, d) in ds.iter().enumerate() {
         // Every stream: one nodeup per peer, no nodedown, the others exactly.
         let r = d.observer.record();

@@ -27,16 +27,9 @@ use super::ports::free_addr;
 /// The path of the binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_rallypoint");
 
-/// The membership timing used by the tests: quick, but with room for a busy machine.
-pub const FAST_MEMBERSHIP: &str = r#"
-[membership]
-heartbeat_interval = "100ms"
-down_after = "1s"
-handshake_timeout = "1s"
-reconnect_initial = "100ms"
-reconnect_max = "1s"
-sync_interval = "1s"
-"#;
+/// The membership timing used by the tests: quick, but with room for a busy machine
+/// (a heartbeat every 100 ms, down after 1 s).
+pub const FAST_MEMBERSHIP: &str = include_str!("fast_membership.toml");
 
 /// How one daemon is configured.
 #[derive(Clone, Debug)]

@@ -36,15 +36,7 @@ pub const CLUSTER_PORT: u16 = 45893;
 pub const HTTP_ADDR: &str = "127.0.0.1:45894";
 
 /// Quick membership timing: a heartbeat every 100 ms, down after 1 s.
-pub const FAST: &str = r#"
-[membership]
-heartbeat_interval = "100ms"
-down_after = "1s"
-handshake_timeout = "1s"
-reconnect_initial = "100ms"
-reconnect_max = "1s"
-sync_interval = "1s"
-"#;
+pub const FAST: &str = include_str!("fast_membership.toml");
 
 /// One event as an observer saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -471,7 +463,10 @@ impl Daemon {
             .env("RALLYPOINT_COOKIE", &self.spec.cookie)
             .env("HOME", self.dir.path())
             .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("FLEET_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
@@ -656,4 +651,21 @@ impl<T> Drop for OnHost<T> {
             let _ = t.join();
         }
     }
+}
+
+/// Daemons named `app@<ip>` on hosts `0..n`, all with the configuration `toml`.
+pub fn start_apps(net: &Net, n: usize, cookie: &str, toml: &str) -> Vec<Daemon> {
+    (0..n)
+        .map(|i| {
+            Daemon::start(
+                net,
+                i,
+                Spec {
+                    name: format!("app@{}", net.host(i).ip),
+                    cookie: cookie.into(),
+                    toml: toml.to_owned(),
+                },
+            )
+        })
+        .collect()
 }

@@ -278,14 +278,7 @@ impl Lab {
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
-        let ns = self.hosts[i].ns.clone();
-        std::thread::Builder::new()
-            .name(format!("host-{i}"))
-            .spawn(move || {
-                enter(&ns).unwrap_or_else(|e| panic!("cannot enter namespace {ns}: {e}"));
-                f()
-            })
-            .expect("spawn a host thread")
+        spawn_in_ns(&self.hosts[i].ns, &format!("host-{i}"), f)
     }
 
     /// Starts a thread on host `i` that runs the future `f()` on a current-thread tokio
@@ -296,14 +289,41 @@ impl Lab {
         Fut: std::future::Future<Output = T>,
         F: FnOnce() -> Fut + Send + 'static,
     {
-        self.spawn_in(i, move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a tokio runtime");
-            rt.block_on(f())
-        })
+        block_on_in_ns(&self.hosts[i].ns, &format!("host-{i}"), f)
     }
+}
+
+/// Starts a thread named `name` that enters network namespace `ns`, then runs `f`.
+pub fn spawn_in_ns<T, F>(ns: &str, name: &str, f: F) -> JoinHandle<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let ns = ns.to_owned();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            enter(&ns).unwrap_or_else(|e| panic!("cannot enter namespace {ns}: {e}"));
+            f()
+        })
+        .expect("spawn a host thread")
+}
+
+/// Starts a thread in network namespace `ns` that runs the future `f()` on a
+/// current-thread tokio runtime (made after entering, so all its I/O is there).
+pub fn block_on_in_ns<T, Fut, F>(ns: &str, name: &str, f: F) -> JoinHandle<T>
+where
+    T: Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    F: FnOnce() -> Fut + Send + 'static,
+{
+    spawn_in_ns(ns, name, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        rt.block_on(f())
+    })
 }
 
 /// Moves the calling thread into the named network namespace.

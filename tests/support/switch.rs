@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::netns::{self, base36, enter, ip, kill_processes};
+use crate::netns::{self, base36, ip, kill_processes};
 
 /// What one host's link does to the frames it sends (and, when down, receives).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -168,13 +168,9 @@ impl Net {
             // Recorded first, so that Drop removes it even if a later step fails.
             net.hosts.push(host.clone());
             ip(&["netns", "add", &host.ns])?;
-            let ns = host.ns.clone();
-            let tap = std::thread::spawn(move || {
-                enter(&ns)?;
-                open_tap()
-            })
-            .join()
-            .map_err(|_| io::Error::other("the TAP thread panicked"))??;
+            let tap = netns::spawn_in_ns(&host.ns, "tap", open_tap)
+                .join()
+                .map_err(|_| io::Error::other("the TAP thread panicked"))??;
             taps.push(tap);
             let ns = host.ns.as_str();
             in_ns(ns, &["ip", "link", "set", "lo", "up"])?;
@@ -292,18 +288,16 @@ impl Net {
         Fut: std::future::Future<Output = T>,
         F: FnOnce() -> Fut + Send + 'static,
     {
-        let ns = self.hosts[i].ns.clone();
-        std::thread::Builder::new()
-            .name(format!("host-{i}"))
-            .spawn(move || {
-                enter(&ns).unwrap_or_else(|e| panic!("cannot enter namespace {ns}: {e}"));
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a tokio runtime");
-                rt.block_on(f())
-            })
-            .expect("spawn a host thread")
+        netns::block_on_in_ns(&self.hosts[i].ns, &format!("host-{i}"), f)
+    }
+
+    /// Starts a thread on host `i` that runs `f` there.
+    pub fn spawn_in<T, F>(&self, i: usize, f: F) -> JoinHandle<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        netns::spawn_in_ns(&self.hosts[i].ns, &format!("host-{i}"), f)
     }
 }
 

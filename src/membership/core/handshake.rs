@@ -119,9 +119,12 @@ impl Core {
         // replaced once this connection has proven itself (in `on_proof`).
         let mine = self.conn_key(conn);
         let mut rivals: Vec<ConnId> = self.handshaking.get(&name).cloned().unwrap_or_default();
+        // An established connection that has gone quiet is no rival: the peer dialling
+        // again means it gave that one up (its side is closed; ours is half-open).
         if let Some(u) = self.up.get(&name)
             && u.node.incarnation == peer.incarnation
             && let Some(e) = u.conn
+            && self.still_alive(now, Some(e)).is_some()
         {
             rivals.push(e);
         }
@@ -221,7 +224,10 @@ impl Core {
             if old.node.incarnation == peer.incarnation {
                 // The same instance over a second connection: keep one, silently.
                 match old.conn {
-                    Some(e) if self.conn_key(e) < self.conn_key(conn) => {
+                    Some(e)
+                        if self.conn_key(e) < self.conn_key(conn)
+                            && self.still_alive(now, Some(e)).is_some() =>
+                    {
                         self.count_failure("duplicate");
                         self.actions.push_back(Action::Send {
                             conn,
@@ -329,7 +335,9 @@ impl Core {
     }
 
     /// How long ago an established connection last brought a frame, when that is recent
-    /// enough (within three heartbeats, and within `down_after`) to say its peer is alive.
+    /// enough (within three heartbeats, and within `down_after`) to say its peer is alive
+    /// on it. A quiet one loses to a new connection of the same instance (the peer gave
+    /// it up), and a live one keeps its name from another instance (a name clash).
     fn still_alive(&self, now: Instant, conn: Option<ConnId>) -> Option<std::time::Duration> {
         let c = self.conns.get(&conn?)?;
         if c.phase != Phase::Established {
