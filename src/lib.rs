@@ -29,6 +29,44 @@
 //! # Ok(()) }
 //! ```
 //!
+//! And one that runs as it is: two nodes on loopback, the second seeded with the
+//! first's address; the first hears it come up, then leave.
+//!
+//! ```
+//! use rallypoint::strategies::static_hosts::StaticHosts;
+//! use rallypoint::{Cluster, DownReason, Event, Update};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let a = Cluster::builder()
+//!     .name("a@127.0.0.1")
+//!     .cluster_addr("127.0.0.1:0".parse()?)
+//!     .cookie("doc")
+//!     .start()
+//!     .await?;
+//! let mut events = a.subscribe();
+//! let b = Cluster::builder()
+//!     .name("b@127.0.0.1")
+//!     .cluster_addr("127.0.0.1:0".parse()?)
+//!     .cookie("doc")
+//!     .topology("seed", StaticHosts::new([a.local().addr.to_string()]))
+//!     .start()
+//!     .await?;
+//! match events.recv().await {
+//!     Some(Update::Event(Event::NodeUp(node))) => assert_eq!(node.name.as_str(), "b@127.0.0.1"),
+//!     other => panic!("expected b up, got {other:?}"),
+//! }
+//! assert_eq!(a.members().len(), 1);
+//! b.shutdown().await;
+//! match events.recv().await {
+//!     Some(Update::Event(Event::NodeDown { reason, .. })) => assert_eq!(reason, DownReason::Left),
+//!     other => panic!("expected b down, got {other:?}"),
+//! }
+//! a.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Layout
 //!
 //! - [`node`]: node identity ([`NodeName`], [`Node`]).

@@ -25,6 +25,9 @@
 //! except under `CI=true`, where it fails. The tests run one at a time (they share two
 //! cores). Run: `cargo test --test fault_matrix`.
 
+// Index loops read better here: hosts, daemons and marks are walked together.
+#![allow(clippy::needless_range_loop)]
+
 #[cfg(feature = "dns")]
 #[path = "support/dns_server.rs"]
 mod dns_server;

@@ -186,7 +186,8 @@ async fn three_nodes_form_through_endpointslices_and_scaling_down_prunes_one() {
     // No longer ready (not terminating), then gone from the slice altogether: each is
     // pruned too, and not before the grace period (300 ms) has passed.
     let mut subs = [nodes[0].subscribe(), nodes[1].subscribe()];
-    let changes: [(&str, Box<dyn Fn(&mut serde_json::Value)>); 2] = [
+    type Change = Box<dyn Fn(&mut serde_json::Value)>;
+    let changes: [(&str, Change); 2] = [
         (
             "not ready",
             Box::new(|o| {
