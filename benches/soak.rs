@@ -111,7 +111,7 @@ fn main() {
     let until = started + Duration::from_secs(minutes * 60);
     let mut faults = [0u64; 5];
     let mut unhealed = 0u64;
-    let mut restarts = vec![0u64; N];
+    let mut restarts = [0u64; N];
     while Instant::now() < until {
         let kind = rng.below(5) as usize;
         let what = match kind {
