@@ -461,6 +461,21 @@ impl Config {
             .into_iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !is_service_link(k))
             .collect();
+        // The config crate reads an environment variable's name as a path expression:
+        // `RALLYPOINT_A[500000000]` would make it build an array of that many entries.
+        // A key is letters, digits and `_`; anything else is refused before it is read.
+        if let Some(bad) = env.keys().find(|k| {
+            k.strip_prefix(ENV_PREFIX)
+                .is_some_and(|rest| !rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        }) {
+            return Err(ConfigError::UnknownKey {
+                key: bad.to_owned(),
+                origin: Some("the environment".into()),
+                expected: "a variable named RALLYPOINT_ and the key in letters, digits and `_` \
+                           (nested keys joined by `__`)"
+                    .into(),
+            });
+        }
         let load = |e: config::ConfigError| ConfigError::Load(e.to_string());
         let mut builder = config::Config::builder();
         if let Some(file) = file {

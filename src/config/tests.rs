@@ -455,3 +455,15 @@ fn kubernetes_service_links_are_not_configuration() {
     let err = refused("", &[("RALLYPOINT_SERVICE_HOSTS", "1")]);
     assert!(err.contains("service_hosts"), "{err}");
 }
+
+/// Found by the `config_loader` fuzz target: the config crate reads a variable's name as
+/// a path, and `RALLYPOINT_MA[505151615]` made it allocate an array of 500 million
+/// entries (48 GB) before anything could refuse it.
+#[test]
+fn a_variable_name_with_an_index_is_refused_not_allocated() {
+    let err = refused("", &[("RALLYPOINT_MA[505151615]", "2")]);
+    assert!(err.contains("RALLYPOINT_MA[505151615]"), "{err}");
+    assert!(err.contains("the environment"), "{err}");
+    let err = refused("", &[("RALLYPOINT_MEMBERSHIP.DOWN_AFTER", "2s")]);
+    assert!(err.contains("MEMBERSHIP.DOWN_AFTER"), "{err}");
+}
