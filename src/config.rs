@@ -423,6 +423,46 @@ fn is_service_link(key: &str) -> bool {
     false
 }
 
+/// Refuses a TOML text with a key the config crate would misread: it takes every key
+/// as a path expression, so `"a[-120855006]" = 5` made it build an array of 120 million
+/// entries (found by the `config_loader` fuzz target). Every key rallypoint knows, and
+/// every topology name, is letters, digits, `_` and `-`. Text that is not TOML is left to
+/// the loader, which reports it.
+fn check_keys(text: &str, origin: &str) -> Result<(), ConfigError> {
+    fn walk(value: &toml::Value, path: &str, origin: &str) -> Result<(), ConfigError> {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    let plain = !k.is_empty()
+                        && k.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                    if !plain {
+                        return Err(ConfigError::UnknownKey {
+                            key,
+                            origin: Some(origin.to_owned()),
+                            expected: "keys (and topology names) of letters, digits, `_` and `-`"
+                                .into(),
+                        });
+                    }
+                    walk(v, &key, origin)?;
+                }
+                Ok(())
+            }
+            toml::Value::Array(items) => items.iter().try_for_each(|v| walk(v, path, origin)),
+            _ => Ok(()),
+        }
+    }
+    match text.parse::<toml::Table>() {
+        Ok(table) => walk(&toml::Value::Table(table), "", origin),
+        Err(_) => Ok(()),
+    }
+}
+
 impl Config {
     /// Loads the configuration: `file` (if any) < the environment variables `env`
     /// (pass `std::env::vars()`; only `RALLYPOINT_*` ones are read) < `flags`.
@@ -431,6 +471,11 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         flags: &Flags,
     ) -> Result<Config, ConfigError> {
+        if let Some(path) = file
+            && let Ok(text) = std::fs::read_to_string(path)
+        {
+            check_keys(&text, &path.display().to_string())?;
+        }
         let file = file.map(|path| {
             config::File::from(path)
                 .format(config::FileFormat::Toml)
@@ -445,6 +490,7 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         flags: &Flags,
     ) -> Result<Config, ConfigError> {
+        check_keys(toml, "the configuration text")?;
         let text = config::File::from_str(toml, config::FileFormat::Toml);
         Config::load_with(Some(text), env, flags)
     }

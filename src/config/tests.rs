@@ -467,3 +467,22 @@ fn a_variable_name_with_an_index_is_refused_not_allocated() {
     let err = refused("", &[("RALLYPOINT_MEMBERSHIP.DOWN_AFTER", "2s")]);
     assert!(err.contains("MEMBERSHIP.DOWN_AFTER"), "{err}");
 }
+
+/// Found by the `config_loader` fuzz target: a quoted key with an index in the file.
+#[test]
+fn a_file_key_with_an_index_is_refused_not_allocated() {
+    let err = refused("\"-0[-120855006]\" = 5\n", &[]);
+    assert!(err.contains("-0[-120855006]"), "{err}");
+    let err = refused(
+        "[topologies.\"a.b\"]\nstrategy = \"static\"\nhosts = []\n",
+        &[],
+    );
+    assert!(err.contains("topologies.a.b"), "{err}");
+    // Ordinary names with `-` and `_` are fine.
+    load(
+        "[topologies.lan-2_b]\nstrategy = \"static\"\nhosts = []\n",
+        &[],
+        &Flags::default(),
+    )
+    .expect("a topology name with - and _");
+}
