@@ -423,6 +423,14 @@ fn is_service_link(key: &str) -> bool {
     false
 }
 
+/// Whether a key (or an environment variable's name) is letters, digits, `_` and `-`
+/// only: the config crate reads anything else in a key as a path expression.
+fn plain_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// Refuses a TOML text with a key the config crate would misread: it takes every key
 /// as a path expression, so `"a[-120855006]" = 5` made it build an array of 120 million
 /// entries (found by the `config_loader` fuzz target). Every key rallypoint knows, and
@@ -438,10 +446,7 @@ fn check_keys(text: &str, origin: &str) -> Result<(), ConfigError> {
                     } else {
                         format!("{path}.{k}")
                     };
-                    let plain = !k.is_empty()
-                        && k.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-                    if !plain {
+                    if !plain_key(k) {
                         return Err(ConfigError::UnknownKey {
                             key,
                             origin: Some(origin.to_owned()),
@@ -512,13 +517,13 @@ impl Config {
         // A key is letters, digits and `_`; anything else is refused before it is read.
         if let Some(bad) = env.keys().find(|k| {
             k.strip_prefix(ENV_PREFIX)
-                .is_some_and(|rest| !rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+                .is_some_and(|rest| !plain_key(rest))
         }) {
             return Err(ConfigError::UnknownKey {
                 key: bad.to_owned(),
                 origin: Some("the environment".into()),
-                expected: "a variable named RALLYPOINT_ and the key in letters, digits and `_` \
-                           (nested keys joined by `__`)"
+                expected: "a variable named RALLYPOINT_ and the key in letters, digits, `_` \
+                           and `-` (nested keys joined by `__`)"
                     .into(),
             });
         }

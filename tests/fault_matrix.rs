@@ -529,25 +529,21 @@ fn topology_health(net: &Net, host: usize, topology: &str) -> (Option<String>, u
 /// Waits until topology `topology` on every daemon host reports an error containing
 /// `want`, and checks its candidates stayed (two each).
 fn wait_failing(net: &Net, hosts: usize, topology: &str, want: &str) -> Vec<u64> {
-    let mut counts = Vec::new();
-    for h in 0..hosts {
-        let deadline = Instant::now() + DETECT;
-        loop {
-            let (err, total, peers) = topology_health(net, h, topology);
-            if err.as_deref().is_some_and(|e| e.contains(want)) {
-                assert_eq!(peers, 2, "host {h}: the last good set stays while failing");
-                counts.push(total);
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "host {h}: topology {topology} never reported {want:?}; last error {err:?}"
+    (0..hosts)
+        .map(|h| {
+            let (total, peers) = fleet::poll(
+                &format!("error {want:?} on host {h}'s topology {topology}"),
+                DETECT,
+                Duration::from_millis(100),
+                || match topology_health(net, h, topology) {
+                    (Some(e), total, peers) if e.contains(want) => Ok((total, peers)),
+                    (err, ..) => Err(format!("last error {err:?}")),
+                },
             );
-            // Polling the daemon's API, bounded by the deadline above.
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    counts
+            assert_eq!(peers, 2, "host {h}: the last good set stays while failing");
+            total
+        })
+        .collect()
 }
 
 #[cfg(feature = "kubernetes")]
@@ -626,12 +622,15 @@ fn kubernetes_api_failures_change_no_membership() {
     // The API comes back: healthy again, same members.
     net.heal(3);
     for h in 0..3 {
-        let deadline = Instant::now() + FORM;
-        while topology_health(&net, h, "k8s").0.is_some() {
-            assert!(Instant::now() < deadline, "host {h} never recovered");
-            // Polling the daemon's API, bounded by the deadline above.
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        fleet::poll(
+            &format!("recovery on host {h}"),
+            FORM,
+            Duration::from_millis(100),
+            || match topology_health(&net, h, "k8s").0 {
+                None => Ok(()),
+                Some(e) => Err(e),
+            },
+        );
     }
     all_clean(&ds);
 }
@@ -716,24 +715,22 @@ fn a_foreign_cluster_never_joins_and_is_counted() {
     wait_full_mesh(ours, FORM);
     // Each of ours has rejected several of the foreign node's heartbeats.
     for h in 0..3 {
-        let deadline = Instant::now() + FORM;
-        loop {
-            let m = fleet::api_get(&net, h, "/metrics").unwrap_or_default();
-            let rejected = m
-                .lines()
-                .filter(|l| l.starts_with("rallypoint_gossip_packets_total") && l.contains("auth"))
-                .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-                .sum::<f64>();
-            if rejected >= 3.0 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "host {h}: no rejected packets counted:\n{m}"
-            );
-            // Polling the daemon's API, bounded by the deadline above.
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        fleet::poll(
+            &format!("rejected packets counted on host {h}"),
+            FORM,
+            Duration::from_millis(200),
+            || {
+                let m = fleet::api_get(&net, h, "/metrics").unwrap_or_default();
+                let rejected: f64 = m
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with("rallypoint_gossip_packets_total") && l.contains("auth")
+                    })
+                    .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+                    .sum();
+                if rejected >= 3.0 { Ok(()) } else { Err(m) }
+            },
+        );
     }
     let foreign = ds[3].name().to_owned();
     for d in ours {

@@ -252,42 +252,29 @@ impl Observer {
     /// Waits until `ok` holds for the record, for at most `within`; panics with what was
     /// seen and the daemon's log when it does not.
     pub fn wait(&self, what: &str, within: Duration, ok: impl Fn(&Record) -> bool) -> Record {
-        let deadline = Instant::now() + within;
-        let (m, cv) = &*self.shared;
-        let mut r = m.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if ok(&r) {
-                return r.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                let seen = r.clone();
-                drop(r);
-                panic!(
-                    "{}: no {what} within {within:?}; members {:?}; events {:#?}; violations \
-                     {:?}\n--- log\n{}",
-                    seen.owner,
-                    seen.names(),
-                    seen.events.iter().map(|(_, e)| e).collect::<Vec<_>>(),
-                    seen.violations,
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            r = cv
-                .wait_timeout(r, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+        if let Some(r) = self.watch_for(within, ok) {
+            return r;
         }
+        let seen = self.record();
+        panic!(
+            "{}: no {what} within {within:?}; members {:?}; events {:#?}; violations {:?}\n\
+             --- log\n{}",
+            seen.owner,
+            seen.names(),
+            seen.events.iter().map(|(_, e)| e).collect::<Vec<_>>(),
+            seen.violations,
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
     }
 
-    /// Watches for `bad` to hold, for `within`: `Some(record)` as soon as it does,
-    /// `None` when it did not hold within that time (for "nothing happens" checks).
-    pub fn watch_for(&self, within: Duration, bad: impl Fn(&Record) -> bool) -> Option<Record> {
+    /// Watches for `cond` to hold, for `within`: `Some(record)` as soon as it does,
+    /// `None` when it did not hold within that time (also for "nothing happens" checks).
+    pub fn watch_for(&self, within: Duration, cond: impl Fn(&Record) -> bool) -> Option<Record> {
         let deadline = Instant::now() + within;
         let (m, cv) = &*self.shared;
         let mut r = m.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if bad(&r) {
+            if cond(&r) {
                 return Some(r.clone());
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -668,4 +655,26 @@ pub fn start_apps(net: &Net, n: usize, cookie: &str, toml: &str) -> Vec<Daemon> 
             )
         })
         .collect()
+}
+
+/// Asks `probe` again every `every` until it gives `Some`, for at most `within`; panics
+/// saying `what` (and the last `Err` it gave) when it never does. For state read from a
+/// daemon's API, which has no event to wait on.
+pub fn poll<T>(
+    what: &str,
+    within: Duration,
+    every: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match probe() {
+            Ok(v) => return v,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("no {what} within {within:?}: {last}")
+            }
+            // A poll of the API, bounded by the deadline.
+            Err(_) => std::thread::sleep(every),
+        }
+    }
 }
