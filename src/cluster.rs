@@ -84,6 +84,7 @@ pub struct Builder {
     cluster_addr: SocketAddr,
     advertise_addr: Option<SocketAddr>,
     cookie: Option<Cookie>,
+    accepted_cookies: Vec<Cookie>,
     incarnation: Option<u64>,
     membership: membership::Config,
     event_capacity: usize,
@@ -97,6 +98,7 @@ impl Default for Builder {
             cluster_addr: SocketAddr::from(([0, 0, 0, 0], crate::DEFAULT_CLUSTER_PORT)),
             advertise_addr: None,
             cookie: None,
+            accepted_cookies: Vec::new(),
             incarnation: None,
             membership: membership::Config::default(),
             event_capacity: 1024,
@@ -131,6 +133,15 @@ impl Builder {
     /// ([`Cookie::load_or_create_default`]).
     pub fn cookie(mut self, cookie: impl AsRef<[u8]>) -> Self {
         self.cookie = Some(Cookie::new(cookie));
+        self
+    }
+
+    /// Also accepts this cookie from peers, besides the one set by
+    /// [`cookie`](Self::cookie) (which alone is used to dial). Call it once per cookie.
+    /// For a rotation with no downtime: roll out `accept_cookie(new)` everywhere, then
+    /// `cookie(new).accept_cookie(old)`, then `cookie(new)` alone.
+    pub fn accept_cookie(mut self, cookie: impl AsRef<[u8]>) -> Self {
+        self.accepted_cookies.push(Cookie::new(cookie));
         self
     }
 

@@ -124,6 +124,41 @@ impl Cookie {
     }
 }
 
+/// The cookies a node holds: the first (the primary) is used to dial and to send, any of
+/// them is accepted from a peer. Holding two lets a cluster move to a new cookie with no
+/// downtime: first every node accepts the new one, then every node dials with it, then
+/// the old one is dropped (see the README's "Rotating the cookie").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cookies {
+    all: Vec<Cookie>,
+}
+
+impl Cookies {
+    /// Just `primary`.
+    pub fn new(primary: Cookie) -> Self {
+        Cookies { all: vec![primary] }
+    }
+
+    /// Also accepts `cookie` from peers (never used to dial). A cookie held already is
+    /// not added twice.
+    pub fn accept(mut self, cookie: Cookie) -> Self {
+        if !self.all.contains(&cookie) {
+            self.all.push(cookie);
+        }
+        self
+    }
+
+    /// The cookie this node dials with.
+    pub fn primary(&self) -> &Cookie {
+        &self.all[0]
+    }
+
+    /// Every cookie accepted, the primary first.
+    pub fn all(&self) -> &[Cookie] {
+        &self.all
+    }
+}
+
 impl fmt::Debug for Cookie {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Cookie(<redacted>)")

@@ -92,6 +92,7 @@ pub mod netutil;
 pub mod node;
 pub mod pubsub;
 pub mod strategies;
+pub mod warn_limit;
 
 pub use cluster::{Builder, Cluster, Error, SendError, TopologyOptions};
 pub use cookie::Cookie;
