@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::cookie::{Cookie, CookieError};
+use crate::cookie::{Cookie, CookieError, Cookies};
 use crate::events::{Bus, Snapshot, Subscription};
 use crate::membership::{self, Stats};
 use crate::node::{NameError, Node, NodeName};
@@ -204,6 +204,10 @@ impl Builder {
             Some(c) => c,
             None => Cookie::load_or_create_default()?,
         };
+        let cookies = self
+            .accepted_cookies
+            .into_iter()
+            .fold(Cookies::new(cookie.clone()), Cookies::accept);
         let listener = tokio::net::TcpListener::bind(self.cluster_addr)
             .await
             .map_err(|source| Error::Bind {
@@ -248,7 +252,7 @@ impl Builder {
         let pubsub = Arc::new(Registry::new(self.event_capacity));
         let task = tokio::spawn(membership::driver::run(membership::driver::Params {
             local: local.clone(),
-            cookie,
+            cookies,
             config: self.membership,
             listener,
             topologies,

@@ -12,9 +12,10 @@
 //!   [`Core::connection_count`].
 //! - **Inputs** (`handle_*`), each with the current time:
 //!   [`handle_candidates`](Core::handle_candidates) (a topology's new set),
-//!   [`handle_accepted`](Core::handle_accepted) (an inbound TCP connection),
+//!   [`handle_accepted`](Core::handle_accepted) (an inbound connection, authenticated),
 //!   [`handle_connected`](Core::handle_connected) /
-//!   [`handle_dial_failed`](Core::handle_dial_failed) (an outbound dial's outcome),
+//!   [`handle_dial_failed`](Core::handle_dial_failed) /
+//!   [`handle_auth_failed`](Core::handle_auth_failed) (an outbound dial's outcome),
 //!   [`handle_frame`](Core::handle_frame), [`handle_decode_error`](Core::handle_decode_error),
 //!   [`handle_closed`](Core::handle_closed) (the peer or the network closed it),
 //!   [`handle_timeout`](Core::handle_timeout) (the deadline from `poll_timeout` passed),
@@ -28,6 +29,11 @@
 //!
 //! A connection the core closed (`Action::Close`) is forgotten at once: later inputs for it
 //! are ignored, and the driver need not report its closing.
+//!
+//! Every connection the core hears of is authenticated: the driver runs the sealed
+//! transport's handshake ([`super::seal`]) first, so the peer has proven the cookie and
+//! every frame is sealed. Decisions between rival connections, name clashes and
+//! self-dials are therefore made only on authenticated connections.
 //!
 //! # Events
 //!
@@ -44,10 +50,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::wire::{
-    self, DecodeError, Frame, Hello, MAGIC, MemberEntry, PROTOCOL_VERSION, ProofSide, RejectReason,
+    self, DecodeError, Frame, Hello, MAGIC, MemberEntry, PROTOCOL_VERSION, RejectReason,
 };
 use super::{Config, Stats};
-use crate::cookie::Cookie;
 use crate::events::{DownReason, Event};
 use crate::node::{Node, NodeName};
 use crate::strategies::PeerSet;
@@ -173,7 +178,6 @@ struct TopologyState {
 pub struct Core {
     config: Config,
     local: Node,
-    cookie: Cookie,
     rng: StdRng,
     topologies: Vec<TopologyState>,
     conns: BTreeMap<ConnId, Conn>,
@@ -190,8 +194,9 @@ pub struct Core {
     /// Pruned peers: name, advertised address, when. Refused by name or address until
     /// an authoritative set lists either again (or `forget_after` passes).
     pruned: HashMap<NodeName, (SocketAddr, Instant)>,
-    /// Refusals already logged as warnings, by (peer ip, reason): later ones are debug.
-    refusals_warned: HashSet<(std::net::IpAddr, RejectReason)>,
+    /// Warnings about refusals, rate-limited per reason (never per source: sources can
+    /// be many).
+    warn_limit: crate::warn_limit::WarnLimit,
     digest: u64,
     actions: VecDeque<Action>,
     next_tick: Instant,
@@ -206,7 +211,6 @@ impl Core {
     /// (nonces, jitter). In production the seed must come from the OS's entropy.
     pub fn new(
         local: Node,
-        cookie: Cookie,
         config: Config,
         topologies: Vec<TopologyInfo>,
         seed: u64,
@@ -225,7 +229,6 @@ impl Core {
                 .collect(),
             config,
             local,
-            cookie,
             rng: StdRng::seed_from_u64(seed),
             conns: BTreeMap::new(),
             next_conn: 0,
@@ -236,7 +239,7 @@ impl Core {
             was_authoritative: HashSet::new(),
             absent: BTreeMap::new(),
             pruned: HashMap::new(),
-            refusals_warned: HashSet::new(),
+            warn_limit: crate::warn_limit::WarnLimit::default(),
             digest,
             actions: VecDeque::new(),
             next_tick,
@@ -387,7 +390,7 @@ impl Core {
             // A flood of connections that never finish their handshake: refuse new ones
             // until the stalled ones time out, rather than hold without bound.
             self.count_failure("overload");
-            self.log_refusal(Some(remote), RejectReason::Protocol, || {
+            self.log_refusal(now, None, RejectReason::Protocol, || {
                 format!(
                     "refused a connection from {remote}: {MAX_PENDING_HANDSHAKES} handshakes \
                      are already pending"
@@ -418,6 +421,45 @@ impl Core {
         c.last_recv = now;
         *self.stats.connect_attempts.entry("ok").or_default() += 1;
         self.send_hello(conn);
+    }
+
+    /// An outbound connection was opened but its sealed handshake failed; `reason` is
+    /// the counter's name (`bad_cookie`, `bad_version`, …), `detail` says what happened.
+    /// The address is retried with backoff; the failure is one warning per run.
+    pub fn handle_auth_failed(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        reason: &'static str,
+        detail: &str,
+    ) {
+        let Some(c) = self.close(conn) else {
+            return;
+        };
+        *self.stats.connect_attempts.entry("ok").or_default() += 1;
+        self.count_failure(reason);
+        let Some(addr) = c.target else { return };
+        let hint = match reason {
+            "bad_cookie" => {
+                "; every node needs the same cookie (during a rotation, the new one in \
+                 accept_cookies first)"
+            }
+            "bad_version" => "; run the same rallypoint protocol version on every node",
+            _ => "",
+        };
+        if let Some(t) = self.targets.get_mut(&addr)
+            && !t.warned
+        {
+            t.warned = true;
+            let peer = t.name.as_ref().map(|n| n.to_string());
+            crate::warn_limit::log(&mut self.warn_limit, now, reason, || {
+                format!(
+                    "peer at {addr}{} reached but refused: {detail}{hint}",
+                    peer.map(|p| format!(" ({p})")).unwrap_or_default()
+                )
+            });
+        }
+        self.target_failed(now, addr, reason);
     }
 
     /// An outbound dial failed; `kind` says how (`refused`, `timeout`, `error`).
@@ -460,8 +502,13 @@ impl Core {
         };
         let reason = match error {
             DecodeError::BadVersion(_) => RejectReason::BadVersion,
-            DecodeError::Malformed(_) => RejectReason::Protocol,
+            DecodeError::Malformed(_) | DecodeError::Sealed(_) => RejectReason::Protocol,
         };
+        *self
+            .stats
+            .transport_errors
+            .entry(error.reason())
+            .or_default() += 1;
         if c.phase == Phase::Established {
             self.stats.protocol_errors += 1;
             let peer = c.peer.clone();
@@ -489,8 +536,8 @@ impl Core {
         match (phase, frame) {
             (_, Frame::Reject(reason)) => self.rejected_by_peer(now, conn, reason),
             (Phase::Handshake, Frame::Hello(h)) if c.peer.is_none() => self.on_hello(now, conn, h),
-            (Phase::Handshake, Frame::Proof { mac, exchange }) if c.peer.is_some() => {
-                self.on_proof(now, conn, mac, exchange)
+            (Phase::Handshake, Frame::Accept { exchange }) if c.peer.is_some() => {
+                self.on_accept(now, conn, exchange)
             }
             (Phase::Established, Frame::Heartbeat) => {}
             (Phase::Established, Frame::Members(list)) => self.learn(now, list),
@@ -535,6 +582,7 @@ impl Core {
                 let kind = frame_kind(&frame);
                 if phase == Phase::Established {
                     self.stats.protocol_errors += 1;
+                    *self.stats.transport_errors.entry("unexpected").or_default() += 1;
                     let peer = c.peer.clone();
                     tracing::warn!(peer = ?peer.as_ref().map(|p| p.name.to_string()), frame = kind, "cutting connection: unexpected frame");
                     self.actions.push_back(Action::Send {
@@ -671,7 +719,7 @@ fn new_target(config: &Config, now: Instant) -> Target {
 fn frame_kind(f: &Frame) -> &'static str {
     match f {
         Frame::Hello(_) => "hello",
-        Frame::Proof { .. } => "proof",
+        Frame::Accept { .. } => "accept",
         Frame::Reject(_) => "reject",
         Frame::Heartbeat => "heartbeat",
         Frame::Members(_) => "members",

@@ -1,34 +1,47 @@
 //! The tokio driver: runs a [`Core`] over real TCP connections.
 //!
 //! One task owns the core. It `select!`s over: commands (shutdown), the listener, events
-//! from the connection tasks (connected, frame, closed), the topologies' `watch`es, and
-//! the core's next deadline. After each input it drains the core's actions: dials are
+//! from the connection tasks (authenticated, frame, closed), the topologies' `watch`es,
+//! and the core's next deadline. After each input it drains the core's actions: dials are
 //! spawned, frames are queued on the connection's writer task, closes drop the writer
 //! (which flushes what was queued, then shuts the socket), events go to the bus.
+//!
+//! Every connection first runs the sealed transport's handshake ([`super::seal`]) in a
+//! task of its own; the core hears of it only once the peer has proven the cookie. Until
+//! then a connection holds a fixed few hundred bytes, and at most
+//! [`MAX_UNAUTHENTICATED`] of them are held at once ([`PER_SOURCE_UNAUTHENTICATED`] per
+//! source address): a newer one evicts the oldest, so a flood of connections that
+//! never authenticate cannot keep a real peer (whose handshake takes one round trip)
+//! out.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use rand::RngCore;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
-use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use super::core::{Action, ConnId, Core, TopologyInfo};
+use super::seal::{self, AuthError, Session};
 use super::wire::{self, DecodeError, Frame};
 use super::{Config, Stats};
 use crate::cluster::Command;
-use crate::cookie::Cookie;
+use crate::cookie::Cookies;
 use crate::events::Bus;
 use crate::node::Node;
 use crate::pubsub::{Message, Registry};
 use crate::strategies::TopologyStatus;
+use crate::warn_limit::{self, WarnLimit};
 
 /// How many frames may wait for one peer's socket before the peer counts as too slow
 /// and its connection is cut.
@@ -40,6 +53,13 @@ const WRITE_QUEUE_BYTES: usize = 8 << 20;
 /// How many events from the connection tasks may wait for the owner; a reader that finds
 /// it full waits (TCP then pushes back on the peer) instead of queueing without bound.
 const NET_QUEUE: usize = 1024;
+/// How many inbound connections may be in the sealed handshake at once (each holds a
+/// few hundred bytes); a newer one evicts the oldest.
+pub const MAX_UNAUTHENTICATED: usize = 1024;
+/// How many of those may come from one source address.
+pub const PER_SOURCE_UNAUTHENTICATED: usize = 64;
+/// How many bytes of sealed records a writer gathers into one write.
+const WRITE_BATCH: usize = 256 << 10;
 
 /// A topology as the driver sees it.
 pub(crate) struct Topology {
@@ -52,7 +72,7 @@ pub(crate) struct Topology {
 /// Everything the driver runs with.
 pub(crate) struct Params {
     pub local: Node,
-    pub cookie: Cookie,
+    pub cookies: Cookies,
     pub config: Config,
     pub listener: tokio::net::TcpListener,
     pub topologies: Vec<Topology>,
@@ -64,8 +84,20 @@ pub(crate) struct Params {
 
 /// What connection tasks tell the owner.
 enum NetEvent {
-    Connected(ConnId, TcpStream),
+    Connected(ConnId, TcpStream, Session),
     DialFailed(ConnId, &'static str),
+    AuthFailed(ConnId, AuthError),
+    Accepted {
+        slot: u64,
+        stream: TcpStream,
+        session: Session,
+        remote: SocketAddr,
+    },
+    PreauthFailed {
+        slot: u64,
+        remote: SocketAddr,
+        error: Option<AuthError>,
+    },
     Frame(ConnId, Frame),
     Bad(ConnId, DecodeError),
     Closed(ConnId),
@@ -91,13 +123,54 @@ struct Driver {
     queue_bytes: usize,
     conns: HashMap<ConnId, ConnIo>,
     closing: Vec<JoinHandle<()>>,
+    cookies: Cookies,
+    preauth: Preauth,
+    /// Handshake failures seen before the core knew of the connection, by reason.
+    preauth_failures: BTreeMap<&'static str, u64>,
+    warn_limit: WarnLimit,
+}
+
+/// The inbound connections still in the sealed handshake.
+#[derive(Default)]
+struct Preauth {
+    next: u64,
+    pending: BTreeMap<u64, (IpAddr, AbortHandle)>,
+    per_source: HashMap<IpAddr, usize>,
+}
+
+impl Preauth {
+    /// Makes room for one more from `ip`: returns the slot to evict, if one must go.
+    fn victim(&self, ip: IpAddr) -> Option<u64> {
+        if self.per_source.get(&ip).copied().unwrap_or(0) >= PER_SOURCE_UNAUTHENTICATED {
+            return self
+                .pending
+                .iter()
+                .find(|(_, (i, _))| *i == ip)
+                .map(|(slot, _)| *slot);
+        }
+        if self.pending.len() >= MAX_UNAUTHENTICATED {
+            return self.pending.keys().next().copied();
+        }
+        None
+    }
+
+    fn remove(&mut self, slot: u64) -> Option<AbortHandle> {
+        let (ip, handle) = self.pending.remove(&slot)?;
+        if let Some(n) = self.per_source.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&ip);
+            }
+        }
+        Some(handle)
+    }
 }
 
 /// Runs the membership until a shutdown command.
 pub(crate) async fn run(p: Params) {
     let Params {
         local,
-        cookie,
+        cookies,
         config,
         listener,
         topologies,
@@ -116,7 +189,6 @@ pub(crate) async fn run(p: Params) {
     let seed = rand::rngs::OsRng.next_u64();
     let core = Core::new(
         local,
-        cookie,
         config.clone(),
         infos,
         seed,
@@ -135,6 +207,10 @@ pub(crate) async fn run(p: Params) {
         net_tx,
         conns: HashMap::new(),
         closing: Vec::new(),
+        cookies,
+        preauth: Preauth::default(),
+        preauth_failures: BTreeMap::new(),
+        warn_limit: WarnLimit::default(),
     };
     let mut topo_streams =
         futures::stream::select_all(topologies.into_iter().enumerate().map(|(i, t)| {
@@ -172,10 +248,7 @@ pub(crate) async fn run(p: Params) {
             }
             acc = listener.accept() => {
                 match acc {
-                    Ok((stream, remote)) => {
-                        let id = d.core.handle_accepted(Instant::now().into_std(), remote);
-                        d.attach(id, stream);
-                    }
+                    Ok((stream, remote)) => d.preauthenticate(stream, remote),
                     Err(e) => {
                         // Out of file descriptors and the like: pause briefly, keep going.
                         tracing::warn!(error = %e, "accept failed");
@@ -207,11 +280,47 @@ impl Driver {
     fn on_net(&mut self, ev: NetEvent) {
         let now = Instant::now().into_std();
         match ev {
-            NetEvent::Connected(id, stream) => {
-                self.attach(id, stream);
+            NetEvent::Connected(id, stream, session) => {
+                self.attach(id, stream, session);
                 self.core.handle_connected(now, id);
             }
             NetEvent::DialFailed(id, kind) => self.core.handle_dial_failed(now, id, kind),
+            NetEvent::AuthFailed(id, err) => {
+                self.core
+                    .handle_auth_failed(now, id, err.reason(), &err.to_string())
+            }
+            NetEvent::Accepted {
+                slot,
+                stream,
+                session,
+                remote,
+            } => {
+                self.preauth.remove(slot);
+                let id = self.core.handle_accepted(now, remote);
+                self.attach(id, stream, session);
+            }
+            NetEvent::PreauthFailed {
+                slot,
+                remote,
+                error,
+            } => {
+                self.preauth.remove(slot);
+                let reason = error.as_ref().map(AuthError::reason).unwrap_or("timeout");
+                *self.preauth_failures.entry(reason).or_default() += 1;
+                let detail = match &error {
+                    Some(AuthError::BadCookie) => "it holds none of this node's cookies \
+                        (set the same cookie on every node; during a rotation, \
+                        accept_cookies)"
+                        .to_string(),
+                    Some(e) => e.to_string(),
+                    None => "no handshake within handshake_timeout".to_string(),
+                };
+                if reason != "closed" {
+                    warn_limit::log(&mut self.warn_limit, now, reason, || {
+                        format!("refused a connection from {remote}: {detail}")
+                    });
+                }
+            }
             NetEvent::Frame(id, frame) => self.core.handle_frame(now, id, frame),
             NetEvent::Bad(id, err) => self.core.handle_decode_error(now, id, &err),
             NetEvent::Closed(id) => {
@@ -228,14 +337,24 @@ impl Driver {
                 Action::Connect { conn, addr } => {
                     let tx = self.net_tx.clone();
                     let timeout = self.config.handshake_timeout;
+                    let cookie = self.cookies.primary().clone();
                     tokio::spawn(async move {
-                        let ev = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await
-                        {
-                            Ok(Ok(s)) => NetEvent::Connected(conn, s),
-                            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                                NetEvent::DialFailed(conn, "refused")
+                        let dial = async {
+                            let mut s = match TcpStream::connect(addr).await {
+                                Ok(s) => s,
+                                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                                    return NetEvent::DialFailed(conn, "refused");
+                                }
+                                Err(_) => return NetEvent::DialFailed(conn, "error"),
+                            };
+                            let _ = s.set_nodelay(true);
+                            match seal::dial(&mut s, &cookie).await {
+                                Ok(session) => NetEvent::Connected(conn, s, session),
+                                Err(e) => NetEvent::AuthFailed(conn, e),
                             }
-                            Ok(Err(_)) => NetEvent::DialFailed(conn, "error"),
+                        };
+                        let ev = match tokio::time::timeout(timeout, dial).await {
+                            Ok(ev) => ev,
                             Err(_) => NetEvent::DialFailed(conn, "timeout"),
                         };
                         let _ = tx.send(ev).await;
@@ -286,6 +405,9 @@ impl Driver {
         }
         let mut s = self.core.stats().clone();
         s.messages_dropped = self.messages_dropped;
+        for (reason, n) in &self.preauth_failures {
+            *s.handshake_failures.entry(reason).or_default() += n;
+        }
         let s = &s;
         self.stats.send_if_modified(|cur| {
             if cur != s {
@@ -297,31 +419,90 @@ impl Driver {
         });
     }
 
-    /// Starts the reader and writer tasks of a connection.
-    fn attach(&mut self, id: ConnId, stream: TcpStream) {
-        let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
-        let codec = || {
-            LengthDelimitedCodec::builder()
-                .length_field_length(4)
-                .max_frame_length(self.config.max_frame as usize)
-                .new_codec()
-        };
-        let mut reader = FramedRead::new(rd, codec());
-        let mut writer = FramedWrite::new(wr, codec());
+    /// Runs the sealed handshake of an inbound connection in a task of its own; the core
+    /// hears of the connection only once it is authenticated.
+    fn preauthenticate(&mut self, mut stream: TcpStream, remote: SocketAddr) {
+        let ip = remote.ip();
+        if let Some(victim) = self.preauth.victim(ip) {
+            if let Some(h) = self.preauth.remove(victim) {
+                h.abort();
+            }
+            *self.preauth_failures.entry("overload").or_default() += 1;
+            warn_limit::log(
+                &mut self.warn_limit,
+                Instant::now().into_std(),
+                "overload",
+                || {
+                    format!(
+                        "too many unauthenticated connections ({MAX_UNAUTHENTICATED} in all, \
+                         {PER_SOURCE_UNAUTHENTICATED} per source): dropped the oldest"
+                    )
+                },
+            );
+        }
+        self.preauth.next += 1;
+        let slot = self.preauth.next;
+        let tx = self.net_tx.clone();
+        let cookies = self.cookies.clone();
+        let timeout = self.config.handshake_timeout;
+        let task = tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let ev = match tokio::time::timeout(timeout, seal::accept(&mut stream, &cookies, false))
+                .await
+            {
+                Ok(Ok(session)) => NetEvent::Accepted {
+                    slot,
+                    stream,
+                    session,
+                    remote,
+                },
+                Ok(Err(e)) => NetEvent::PreauthFailed {
+                    slot,
+                    remote,
+                    error: Some(e),
+                },
+                Err(_) => NetEvent::PreauthFailed {
+                    slot,
+                    remote,
+                    error: None,
+                },
+            };
+            let _ = tx.send(ev).await;
+        });
+        self.preauth.pending.insert(slot, (ip, task.abort_handle()));
+        *self.preauth.per_source.entry(ip).or_default() += 1;
+    }
+
+    /// Starts the reader and writer tasks of an authenticated connection.
+    fn attach(&mut self, id: ConnId, stream: TcpStream, session: Session) {
+        let (mut rd, mut wr) = stream.into_split();
+        let (mut sealer, mut opener) = session.split(self.config.max_frame as usize);
         let tx = self.net_tx.clone();
         let reader_task = tokio::spawn(async move {
-            while let Some(item) = reader.next().await {
-                let ev = match item {
-                    Ok(bytes) => match wire::decode(&bytes) {
-                        Ok(frame) => NetEvent::Frame(id, frame),
-                        Err(e) => NetEvent::Bad(id, e),
-                    },
-                    Err(e) => NetEvent::Bad(id, DecodeError::Malformed(e.to_string())),
-                };
-                let stop = matches!(ev, NetEvent::Bad(..));
-                if tx.send(ev).await.is_err() || stop {
-                    return;
+            let mut buf = Vec::new();
+            loop {
+                // Every whole frame opened so far, then the next record.
+                loop {
+                    let ev = match opener.next_frame() {
+                        Ok(None) => break,
+                        Ok(Some(bytes)) => match wire::decode(&bytes) {
+                            Ok(frame) => NetEvent::Frame(id, frame),
+                            Err(e) => NetEvent::Bad(id, e),
+                        },
+                        Err(e) => NetEvent::Bad(id, DecodeError::Sealed(e)),
+                    };
+                    let stop = matches!(ev, NetEvent::Bad(..));
+                    if tx.send(ev).await.is_err() || stop {
+                        return;
+                    }
+                }
+                match opener.read_record(&mut rd, &mut buf).await {
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) | Err(_) => break,
+                    Ok(Err(e)) => {
+                        let _ = tx.send(NetEvent::Bad(id, DecodeError::Sealed(e))).await;
+                        return;
+                    }
                 }
             }
             let _ = tx.send(NetEvent::Closed(id)).await;
@@ -334,11 +515,24 @@ impl Driver {
         // (or the network ate everything): the connection is cut, not kept half alive.
         let stall = self.config.down_after;
         let writer_task = tokio::spawn(async move {
+            let mut out = BytesMut::new();
             while let Some(b) = wrx.recv().await {
-                let len = b.len();
-                match tokio::time::timeout(stall, writer.send(b)).await {
+                // Seal what is queued into one write (up to a batch).
+                let mut len = b.len();
+                sealer.seal_frame(&b, &mut out);
+                while out.len() < WRITE_BATCH {
+                    match wrx.try_recv() {
+                        Ok(b) => {
+                            len += b.len();
+                            sealer.seal_frame(&b, &mut out);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                match tokio::time::timeout(stall, wr.write_all(&out)).await {
                     Ok(Ok(())) => {
                         written.fetch_sub(len, Ordering::Relaxed);
+                        out.clear();
                     }
                     // A write error means the connection is closing: the reader reports
                     // it, in order after the frames the peer sent before (a `Reject` of
@@ -352,7 +546,7 @@ impl Driver {
                     }
                 }
             }
-            let _ = tokio::time::timeout(stall, SinkExt::<Bytes>::close(&mut writer)).await;
+            let _ = tokio::time::timeout(stall, wr.shutdown()).await;
         });
         self.conns.insert(
             id,
@@ -376,6 +570,9 @@ impl Driver {
     }
 
     async fn shutdown(&mut self) {
+        for (_, (_, h)) in std::mem::take(&mut self.preauth.pending) {
+            h.abort();
+        }
         self.core.leave(Instant::now().into_std());
         self.perform();
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();

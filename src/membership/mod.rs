@@ -2,8 +2,9 @@
 //!
 //! - [`core`]: the sans-IO state machine (per-peer state, handshake, heartbeats, timeouts,
 //!   transitive peer exchange, pruning). No sockets, no clock, no tokio.
-//! - [`wire`]: the frames peers exchange, their length-prefixed encoding, and the
-//!   handshake's HMAC.
+//! - [`seal`]: the sealed transport (a Noise handshake keyed by the cookie, then
+//!   encrypted and authenticated records): nothing reaches the core unauthenticated.
+//! - [`wire`]: the frames peers exchange inside it.
 //! - [`driver`]: the tokio shell that runs the core over TCP.
 //! - [`sim`]: a deterministic simulator that runs many cores in virtual time.
 
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod core;
 pub mod driver;
+pub mod seal;
 pub mod sim;
 pub mod wire;
 
@@ -140,11 +142,16 @@ pub struct Stats {
     /// Outbound connection attempts by result: `ok`, `refused`, `timeout`, `error`.
     pub connect_attempts: std::collections::BTreeMap<&'static str, u64>,
     /// Handshakes that failed, by reason: `bad_cookie`, `name_clash`, `bad_version`,
-    /// `timeout`, `protocol`, `pruned`, `duplicate`, `closed`.
+    /// `not_rallypoint`, `timeout`, `protocol`, `pruned`, `duplicate`, `closed`,
+    /// `overload` (an unauthenticated connection evicted by a newer one), `self` (a
+    /// dial that reached this very node).
     pub handshake_failures: std::collections::BTreeMap<&'static str, u64>,
     /// Connections cut for a protocol violation after the handshake (bad frame, frame
-    /// too large).
+    /// too large, a record that failed authentication).
     pub protocol_errors: u64,
+    /// The same cuts by reason: `unauthentic` (a record altered, injected, replayed,
+    /// reordered or dropped), `frame_too_large`, `malformed`, `unexpected`.
+    pub transport_errors: std::collections::BTreeMap<&'static str, u64>,
     /// `NodeUp` events emitted.
     pub nodeups: u64,
     /// `NodeDown` events emitted.

@@ -72,6 +72,8 @@ enum Ev {
         dialer: End,
     },
     Connected(End),
+    /// The sealed handshake failed (the cookies differ).
+    AuthFailed(End),
     Frame(End, Frame),
     Closed(End),
 }
@@ -259,7 +261,6 @@ impl Sim {
         };
         let mut core = Core::new(
             local,
-            n.cookie.clone(),
             self.cfg.membership.clone(),
             n.topologies.clone(),
             seed,
@@ -436,6 +437,13 @@ impl Sim {
                 {
                     return;
                 }
+                if self.nodes[node].cookie != self.nodes[dialer.0].cookie {
+                    // The sealed transport's handshake fails: the acceptor's core never
+                    // hears of the connection; the dialler's learns why.
+                    let t = self.now + self.cfg.latency;
+                    self.schedule(t, Ev::AuthFailed(dialer));
+                    return;
+                }
                 let remote = self.nodes[dialer.0].addr;
                 let Some(core) = self.nodes[node].core.as_mut() else {
                     return;
@@ -449,6 +457,15 @@ impl Sim {
                 self.last_delivery.insert(me, t);
                 self.schedule(t, Ev::Connected(dialer));
                 self.after_input(node);
+            }
+            Ev::AuthFailed(e) => {
+                if !self.alive(e) {
+                    return;
+                }
+                if let Some(core) = self.nodes[e.0].core.as_mut() {
+                    core.handle_auth_failed(at, e.2, "bad_cookie", "the cookies differ");
+                    self.after_input(e.0);
+                }
             }
             Ev::Connected(e) => {
                 if !self.alive(e) {

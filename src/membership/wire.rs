@@ -4,29 +4,30 @@
 //! bytes of a [`Frame`] in postcard encoding (a documented, stable format). A frame
 //! longer than the configured `max_frame` ends the connection.
 //!
+//! Frames travel inside the sealed transport ([`super::seal`]): the peer has proven the
+//! cookie before the first frame, and every frame is encrypted and authenticated.
+//!
 //! # Handshake
 //!
-//! Both sides send [`Hello`] as soon as the TCP connection is up: magic `RLPT`, protocol
-//! version, node name, incarnation, advertised address and a fresh 32-byte random nonce.
-//! On the peer's `Hello` each side sends [`Frame::Proof`]: an HMAC-SHA256, keyed by the
-//! cookie, over both sides' names, incarnations and nonces, its own first (see
-//! [`proof_mac`]). A side that verifies the peer's proof considers the peer up. The cookie
-//! never crosses the wire, the nonces make each proof fresh, and the order of fields
-//! (own identity first) keeps a proof from being reflected back as the other side's.
-//! A side that refuses sends [`Frame::Reject`] with the reason, then closes.
+//! Both sides send [`Hello`] as soon as the sealed session is up: magic `RLPT`, protocol
+//! version, node name, incarnation, advertised address and a fresh 32-byte random nonce
+//! (which orders two connections of one pair: see the core). On the peer's `Hello` each
+//! side decides whether it takes the connection (a rival connection, a name clash, a
+//! pruned peer: see the core) and sends either [`Frame::Accept`] or [`Frame::Reject`]
+//! with the reason, then closes. A side counts the peer up only when it has the peer's
+//! `Accept`: so a refused side never reports the peer up, not even for a moment.
 
 use std::net::SocketAddr;
 
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::cookie::Cookie;
+use super::seal::OpenError;
 
 /// The first bytes of every `Hello`.
 pub const MAGIC: [u8; 4] = *b"RLPT";
 /// The protocol version spoken by this build.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The first frame on a connection, from each side.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,7 +60,8 @@ pub struct MemberEntry {
 /// Why a side refused a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RejectReason {
-    /// The proof did not verify: the cookies differ.
+    /// The cookies differ. (Decided by the sealed transport before any frame; kept
+    /// for the counters' names.)
     BadCookie,
     /// The peer uses this node's own name, or another live instance with its name is up
     /// here already.
@@ -93,10 +95,9 @@ impl RejectReason {
 pub enum Frame {
     /// Handshake, first frame from each side.
     Hello(Hello),
-    /// Handshake: proof of the cookie; `exchange` asks the peer for its member list.
-    Proof {
-        /// HMAC-SHA256 over both identities and nonces (see [`proof_mac`]).
-        mac: [u8; 32],
+    /// Handshake: the sender takes the connection; `exchange` asks the peer for its
+    /// member list.
+    Accept {
         /// Whether the sender wants member lists exchanged on this connection.
         exchange: bool,
     },
@@ -135,6 +136,20 @@ pub enum DecodeError {
     /// A `Hello` of another protocol version (or without the magic).
     #[error("peer speaks protocol version {0}, this node speaks {PROTOCOL_VERSION}")]
     BadVersion(u16),
+    /// The sealed transport refused a record or a frame's length.
+    #[error(transparent)]
+    Sealed(#[from] OpenError),
+}
+
+impl DecodeError {
+    /// The reason as counted in metrics (`transport_errors{reason}`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::Malformed(_) => "malformed",
+            DecodeError::BadVersion(_) => "bad_version",
+            DecodeError::Sealed(e) => e.reason(),
+        }
+    }
 }
 
 /// Encodes a frame body (without the length prefix).
@@ -185,52 +200,6 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, DecodeError> {
     Ok(frame)
 }
 
-/// One side's identity in a proof.
-pub struct ProofSide<'a> {
-    /// Node name.
-    pub name: &'a str,
-    /// Incarnation.
-    pub incarnation: u64,
-    /// The nonce that side sent.
-    pub nonce: &'a [u8; 32],
-}
-
-/// HMAC-SHA256(cookie, label ‖ sender ‖ receiver), each side as length-prefixed name,
-/// incarnation, nonce.
-fn proof_hmac(
-    cookie: &Cookie,
-    sender: &ProofSide<'_>,
-    receiver: &ProofSide<'_>,
-) -> Option<Hmac<Sha256>> {
-    // HMAC accepts keys of any length; the error case cannot happen.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(cookie.as_bytes()).ok()?;
-    mac.update(b"rallypoint/1 proof");
-    for side in [sender, receiver] {
-        mac.update(&(side.name.len() as u32).to_be_bytes());
-        mac.update(side.name.as_bytes());
-        mac.update(&side.incarnation.to_be_bytes());
-        mac.update(side.nonce);
-    }
-    Some(mac)
-}
-
-/// The MAC a side sends to prove it knows the cookie (see the module docs).
-pub fn proof_mac(cookie: &Cookie, sender: &ProofSide<'_>, receiver: &ProofSide<'_>) -> [u8; 32] {
-    proof_hmac(cookie, sender, receiver)
-        .map(|m| m.finalize().into_bytes().into())
-        .unwrap_or([0; 32])
-}
-
-/// Checks a received proof, in constant time.
-pub fn verify_proof(
-    cookie: &Cookie,
-    sender: &ProofSide<'_>,
-    receiver: &ProofSide<'_>,
-    mac: &[u8; 32],
-) -> bool {
-    proof_hmac(cookie, sender, receiver).is_some_and(|m| m.verify_slice(mac).is_ok())
-}
-
 /// The hash of one member in a [`Frame::Sync`] digest.
 pub fn member_hash(name: &str, incarnation: u64) -> u64 {
     let mut h = Sha256::new();
@@ -261,10 +230,7 @@ mod tests {
     fn frames_round_trip() {
         for f in [
             hello(PROTOCOL_VERSION),
-            Frame::Proof {
-                mac: [1; 32],
-                exchange: true,
-            },
+            Frame::Accept { exchange: true },
             Frame::Reject(RejectReason::BadCookie),
             Frame::Heartbeat,
             Frame::Members(vec![MemberEntry {
@@ -288,7 +254,7 @@ mod tests {
 
     #[test]
     fn other_versions_and_garbage_are_refused() {
-        assert_eq!(decode(&encode(&hello(2))), Err(DecodeError::BadVersion(2)));
+        assert_eq!(decode(&encode(&hello(1))), Err(DecodeError::BadVersion(1)));
         assert!(matches!(
             decode(&[0xff, 1, 2]),
             Err(DecodeError::Malformed(_))
@@ -327,27 +293,5 @@ mod tests {
         let mut other = postcard::to_stdvec(&(0u32, MAGIC, 9u16)).unwrap();
         other.push(0xff);
         assert_eq!(decode(&other), Err(DecodeError::BadVersion(9)));
-    }
-
-    #[test]
-    fn proofs_bind_cookie_and_direction() {
-        let c = Cookie::new("secret");
-        let a = ProofSide {
-            name: "a@h",
-            incarnation: 1,
-            nonce: &[1; 32],
-        };
-        let b = ProofSide {
-            name: "b@h",
-            incarnation: 2,
-            nonce: &[2; 32],
-        };
-        let mac = proof_mac(&c, &a, &b);
-        assert!(verify_proof(&c, &a, &b, &mac));
-        assert!(
-            !verify_proof(&c, &b, &a, &mac),
-            "a proof cannot be reflected"
-        );
-        assert!(!verify_proof(&Cookie::new("other"), &a, &b, &mac));
     }
 }

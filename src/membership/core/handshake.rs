@@ -1,4 +1,4 @@
-//! The handshake: hello, proof, refusals.
+//! The handshake inside the sealed transport: hello, accept, refusals.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -78,15 +78,26 @@ impl Core {
             t.name = Some(name.clone());
         }
         if name == self.local.name && h.incarnation == self.local.incarnation {
-            // A strategy listed one of this node's own addresses: it dialled itself. Never
-            // dial that address again, and make no noise about it.
-            tracing::debug!(addr = ?target, "dialled itself; ignoring that address");
-            if let Some(addr) = target
-                && let Some(t) = self.targets.get_mut(&addr)
-            {
-                t.is_self = true;
+            // This node talking to itself. When the address dialled is its own (its port,
+            // on loopback or its advertised IP), a strategy listed it: never dial it
+            // again, quietly. Otherwise something at that address relayed this node's
+            // own connection back to it: only a failed dial (with backoff), so a real
+            // peer that starts there later is reached.
+            self.count_failure("self");
+            let closed = self.close(conn);
+            if let Some(addr) = closed.and_then(|c| c.target) {
+                if self.is_own_address(addr) {
+                    tracing::debug!(%addr, "dialled itself; ignoring that address");
+                    if let Some(t) = self.targets.get_mut(&addr) {
+                        t.is_self = true;
+                    }
+                } else {
+                    tracing::debug!(%addr, "a dial came back to this node; retrying later");
+                    if let Some(t) = self.targets.get_mut(&addr) {
+                        t.retry_at = now + t.backoff.next_delay(&mut self.rng);
+                    }
+                }
             }
-            self.close(conn);
             return;
         }
         if name == self.local.name {
@@ -104,6 +115,25 @@ impl Core {
                 RejectReason::Pruned,
                 "pruned by an authoritative topology",
             );
+        }
+        if let Some(old) = self.up.get(&name)
+            && old.node.incarnation != peer.incarnation
+            && let Some(heard) = self.still_alive(now, old.conn)
+        {
+            // Another instance with this name is up and was heard from just now: two
+            // live nodes share a name. The one up first stays; the newcomer is refused
+            // before either side reports anything (it retries with growing backoff), so
+            // observers see no flapping. A real restart gets in as soon as the old
+            // instance's connection closes or times out.
+            let detail = format!(
+                "{} is up here as another instance (incarnation {}, {}, heard {} ms ago); \
+                 give every node its own name (--name)",
+                peer.name,
+                old.node.incarnation,
+                old.node.addr,
+                heard.as_millis()
+            );
+            return self.refuse(now, conn, RejectReason::NameClash, &detail);
         }
         let exchange =
             self.conns.get(&conn).is_some_and(|c| c.exchange) || self.in_any_topology(&peer);
@@ -158,65 +188,21 @@ impl Core {
                 );
             }
         }
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        let mac = wire::proof_mac(
-            &self.cookie,
-            &ProofSide {
-                name: self.local.name.as_str(),
-                incarnation: self.local.incarnation,
-                nonce: &c.nonce,
-            },
-            &ProofSide {
-                name: &h.name,
-                incarnation: h.incarnation,
-                nonce: &h.nonce,
-            },
-        );
         self.handshaking.entry(name).or_default().push(conn);
         self.actions.push_back(Action::Send {
             conn,
-            frame: Frame::Proof { mac, exchange },
+            frame: Frame::Accept { exchange },
         });
     }
 
-    pub(super) fn on_proof(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        mac: [u8; 32],
-        peer_exchange: bool,
-    ) {
+    /// The peer took the connection (its `Accept`, after this side sent its own).
+    pub(super) fn on_accept(&mut self, now: Instant, conn: ConnId, peer_exchange: bool) {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
         let Some(peer) = c.peer.clone() else {
-            return self.refuse(now, conn, RejectReason::Protocol, "proof before hello");
+            return self.refuse(now, conn, RejectReason::Protocol, "accept before hello");
         };
-        let peer_nonce = c.peer_nonce;
-        let ok = wire::verify_proof(
-            &self.cookie,
-            &ProofSide {
-                name: peer.name.as_str(),
-                incarnation: peer.incarnation,
-                nonce: &peer_nonce,
-            },
-            &ProofSide {
-                name: self.local.name.as_str(),
-                incarnation: self.local.incarnation,
-                nonce: &c.nonce,
-            },
-            &mac,
-        );
-        if !ok {
-            return self.refuse(
-                now,
-                conn,
-                RejectReason::BadCookie,
-                &format!("{} does not know the cookie", peer.name),
-            );
-        }
         let exchange = c.exchange || peer_exchange;
         self.unlist_handshaking(conn, &peer.name);
         let mut already_up = false;
@@ -247,16 +233,12 @@ impl Core {
                 }
                 already_up = true;
             } else if let Some(heard) = self.still_alive(now, old.conn) {
-                // Another instance with this name is up and was heard from just now: two
-                // live nodes share a name. The one up first stays; the newcomer is
-                // refused (it retries with backoff), so observers see no flapping. A
-                // real restart gets in as soon as the old instance's connection closes
-                // or times out.
+                // The other instance came up (here) while this connection's handshake
+                // ran: the one up first stays, as in `on_hello`.
                 let detail = format!(
-                    "{} is up here as another instance (incarnation {}, {}, heard {} ms ago)",
+                    "{} is up here as another instance (incarnation {}, heard {} ms ago)",
                     peer.name,
                     old.node.incarnation,
-                    old.node.addr,
                     heard.as_millis()
                 );
                 return self.refuse(now, conn, RejectReason::NameClash, &detail);
@@ -365,7 +347,7 @@ impl Core {
     }
 
     /// Refuses a connection during the handshake: tells the peer why, closes, counts, logs
-    /// (a warning the first time per peer address and reason, then debug).
+    /// (see [`log_refusal`](Self::log_refusal)).
     pub(super) fn refuse(
         &mut self,
         now: Instant,
@@ -375,10 +357,9 @@ impl Core {
     ) {
         let peer = self.conns.get(&conn).and_then(|c| c.peer.clone());
         let remote = self.conns.get(&conn).and_then(|c| c.remote);
+        let target = self.conns.get(&conn).and_then(|c| c.target);
         self.count_failure(reason.as_str());
-        // Rate-limited by where the connection really came from, else by the address
-        // the peer claims.
-        self.log_refusal(remote.or(peer.as_ref().map(|p| p.addr)), reason, || {
+        self.log_refusal(now, target, reason, || {
             format!(
                 "refused peer {}{}: {} ({detail})",
                 peer.as_ref()
@@ -433,7 +414,7 @@ impl Core {
         }
         self.count_failure(reason.as_str());
         let addr = peer.as_ref().map(|p| p.addr).or(target);
-        self.log_refusal(addr, reason, || {
+        self.log_refusal(now, target, reason, || {
             format!(
                 "peer {} refused this node: {}",
                 peer.as_ref()
@@ -447,9 +428,14 @@ impl Core {
         self.after_refusal(now, target, reason);
     }
 
+    /// Logs a refusal: a warning within the per-reason budget, else debug. Never keyed
+    /// by the source, which an attacker can vary at will. On a connection this node
+    /// dialled, one warning per run of failures of that address (then debug until it
+    /// succeeds). A duplicate (two connections of one pair) is routine: always debug.
     pub(super) fn log_refusal(
         &mut self,
-        addr: Option<SocketAddr>,
+        now: Instant,
+        target: Option<SocketAddr>,
         reason: RejectReason,
         msg: impl FnOnce() -> String,
     ) {
@@ -457,20 +443,23 @@ impl Core {
             tracing::debug!("{}", msg());
             return;
         }
-        let first = match addr {
-            Some(a) => {
-                if self.refusals_warned.len() > 4096 {
-                    self.refusals_warned.clear();
-                }
-                self.refusals_warned.insert((a.ip(), reason))
+        if let Some(t) = target.and_then(|a| self.targets.get_mut(&a)) {
+            if t.warned {
+                tracing::debug!("{}", msg());
+                return;
             }
-            None => true,
-        };
-        if first {
-            tracing::warn!("{}", msg());
-        } else {
-            tracing::debug!("{}", msg());
+            t.warned = true;
         }
+        crate::warn_limit::log(&mut self.warn_limit, now, reason.as_str(), msg);
+    }
+
+    /// Whether `addr` is this node's own listening address: its port, on a loopback or
+    /// unspecified IP or its advertised one.
+    pub(super) fn is_own_address(&self, addr: SocketAddr) -> bool {
+        addr.port() == self.local.addr.port()
+            && (addr.ip().is_loopback()
+                || addr.ip().is_unspecified()
+                || addr.ip() == self.local.addr.ip())
     }
 
     pub(super) fn count_failure(&mut self, reason: &'static str) {
