@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::cookie::{Cookie, CookieError};
+use crate::cookie::{Cookie, CookieError, Cookies};
 use crate::events::{Bus, Snapshot, Subscription};
 use crate::membership::{self, Stats};
 use crate::node::{NameError, Node, NodeName};
@@ -232,8 +232,13 @@ impl Builder {
         let mut topologies = Vec::new();
         let mut statuses = Vec::new();
         let mut strategy_tasks = Vec::new();
+        let cookies = self
+            .accepted_cookies
+            .into_iter()
+            .fold(Cookies::new(cookie.clone()), Cookies::accept);
         for spec in self.topologies {
-            let (ctx, handle) = Context::new(&spec.name, spec.kind, local.clone(), cookie.clone());
+            let (ctx, handle) =
+                Context::with_cookies(&spec.name, spec.kind, local.clone(), cookies.clone());
             strategy_tasks.push((handle.shutdown.clone(), (spec.launch)(ctx)));
             statuses.push((spec.name.clone(), handle.status.clone()));
             topologies.push(membership::driver::Topology {
