@@ -10,8 +10,16 @@
 //! A heartbeat carries the cluster's name, the node's name, incarnation and advertised
 //! cluster address, and a timestamp, sealed with ChaCha20-Poly1305 under a key derived
 //! (HKDF-SHA256) from `secret`, by default the cluster's cookie. See [`packet`] for the
-//! format. A packet is dropped, counted and logged (a warning the first time for each
-//! source address and reason, debug after that) when it:
+//! format.
+//!
+//! Without a `secret`, a node that holds several cookies (the primary and those it also
+//! accepts, [`Builder::accept_cookie`](crate::Builder::accept_cookie)) seals with the
+//! primary's key and opens packets sealed with any of them, so gossip goes on through a
+//! cookie rotation: nodes that accept both the old and the new cookie hear nodes still
+//! on the old one and nodes already on the new one. An explicit `secret` is the only key.
+//!
+//! A packet is dropped, counted and logged (a warning the first time for each source
+//! address and reason, debug after that) when it:
 //!
 //! | counter | the packet |
 //! |---|---|
@@ -56,6 +64,7 @@ use rand::{Rng, SeedableRng};
 
 use super::backoff::Backoff;
 use super::{Context, PeerSet, Strategy};
+use crate::cookie::Cookies;
 
 mod config;
 mod heard;
@@ -103,11 +112,8 @@ impl Strategy for Gossip {
     }
 
     async fn run(self, ctx: Context) {
-        let key = match &self.config.secret {
-            Some(s) => Key::derive(s.as_bytes()),
-            None => Key::derive(ctx.cookie().as_bytes()),
-        };
-        let mut node = Runner::new(self.config, key);
+        let keys = Keys::new(self.config.secret.as_deref(), ctx.cookies());
+        let mut node = Runner::new(self.config, keys);
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         loop {
             match socket::open(&node.config) {
@@ -137,10 +143,39 @@ enum Ended {
     Broken(std::io::Error),
 }
 
+/// The packet keys: heartbeats are sealed with `seal`, and opened with any of `open`.
+struct Keys {
+    seal: Key,
+    /// `seal` first.
+    open: Vec<Key>,
+}
+
+impl Keys {
+    /// The explicit `secret`'s key alone; without one, a key per cookie held, the
+    /// primary's to seal with.
+    fn new(secret: Option<&str>, cookies: &Cookies) -> Keys {
+        match secret {
+            Some(s) => {
+                let key = Key::derive(s.as_bytes());
+                Keys {
+                    seal: key.clone(),
+                    open: vec![key],
+                }
+            }
+            None => Keys {
+                seal: Key::derive(cookies.primary().as_bytes()),
+                open: (cookies.all().iter())
+                    .map(|c| Key::derive(c.as_bytes()))
+                    .collect(),
+            },
+        }
+    }
+}
+
 /// The running strategy's state, across socket set-ups.
 struct Runner {
     config: Config,
-    key: Key,
+    keys: Keys,
     heard: Heard,
     reported: Option<PeerSet>,
     /// When the set was last computed: expiries after it are still to be looked at.
@@ -158,11 +193,11 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 impl Runner {
-    fn new(config: Config, key: Key) -> Self {
+    fn new(config: Config, keys: Keys) -> Self {
         Runner {
             heard: Heard::new(config.live_for(), config.effective_replay_window()),
             config,
-            key,
+            keys,
             reported: None,
             checked: std::time::Instant::now(),
             send_failing: false,
@@ -249,7 +284,7 @@ impl Runner {
             addr: me.addr,
             timestamp_ms: unix_ms(SystemTime::now()),
         };
-        let packet = match packet::seal(&self.key, &hb, self.rng.r#gen()) {
+        let packet = match packet::seal(&self.keys.seal, &hb, self.rng.r#gen()) {
             Ok(p) => p,
             Err(e) => {
                 self.count("gossip_send_errors", 1);
@@ -275,7 +310,7 @@ impl Runner {
     }
 
     fn on_packet(&mut self, ctx: &Context, bytes: &[u8], src: SocketAddr) {
-        let mut hb = match packet::open(&self.key, bytes) {
+        let mut hb = match packet::open_any(&self.keys.open, bytes) {
             Ok(hb) => hb,
             Err(e) => {
                 let counter = match e {

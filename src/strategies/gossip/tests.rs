@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use tokio::task::JoinHandle;
 
 use super::*;
-use crate::cookie::Cookie;
+use crate::cookie::{Cookie, Cookies};
 use crate::node::Node;
 use crate::strategies::{TopologyHandle, TopologyStatus};
 
@@ -210,6 +210,32 @@ fn complaints_are_once_per_source_and_reason_and_bounded() {
     assert!(c.seen.len() <= Complaints::MAX_SOURCES);
 }
 
+fn heartbeat(cluster: &str, name: &str, timestamp_ms: u64) -> packet::Heartbeat {
+    packet::Heartbeat {
+        cluster: cluster.into(),
+        name: name.parse().unwrap(),
+        incarnation: 7,
+        addr: "10.0.0.2:45893".parse().unwrap(),
+        timestamp_ms,
+    }
+}
+
+#[test]
+fn an_explicit_secret_is_the_only_key_and_cookies_give_one_each() {
+    let cookies = Cookies::new(Cookie::new("new")).accept(Cookie::new("old"));
+    let hb = heartbeat("rallypoint", "b@10.0.0.2", 1);
+    let by = |secret: &[u8]| packet::seal(&Key::derive(secret), &hb, [0; 12]).unwrap();
+    let keys = Keys::new(None, &cookies);
+    assert_eq!(keys.open.len(), 2);
+    assert_eq!(packet::open(&keys.seal, &by(b"new")).unwrap(), hb);
+    assert!(packet::open_any(&keys.open, &by(b"old")).is_ok());
+    let keys = Keys::new(Some("s"), &cookies);
+    assert_eq!(keys.open.len(), 1);
+    assert_eq!(packet::open(&keys.seal, &by(b"s")).unwrap(), hb);
+    assert!(packet::open_any(&keys.open, &by(b"new")).is_err());
+    assert!(packet::open_any(&keys.open, &by(b"old")).is_err());
+}
+
 // ---- strategies on loopback ----
 
 /// A port for one test: distinct per test in this process, and spread by process id so
@@ -243,7 +269,11 @@ struct Running {
 }
 
 fn start(cfg: Config, me: Node, cookie: &str) -> Running {
-    let (ctx, handle) = Context::new("lan", "gossip", me, Cookie::new(cookie));
+    start_holding(cfg, me, Cookies::new(Cookie::new(cookie)))
+}
+
+fn start_holding(cfg: Config, me: Node, cookies: Cookies) -> Running {
+    let (ctx, handle) = Context::with_cookies("lan", "gossip", me, cookies);
     let task = tokio::spawn(Gossip::new(cfg).unwrap().run(ctx));
     Running { handle, task }
 }
@@ -358,6 +388,50 @@ async fn another_secret_or_cluster_is_not_heard_and_is_counted() {
     other_secret.stop().await;
     other_cluster.stop().await;
     a.stop().await;
+}
+
+#[tokio::test]
+async fn during_a_cookie_rotation_a_node_holding_new_and_old_hears_both() {
+    let port = test_port();
+    let (old, new) = (Cookie::new("old cookie"), Cookie::new("new cookie"));
+    let mut both = start_holding(
+        loopback(port),
+        node("both", 1001),
+        Cookies::new(new.clone()).accept(old.clone()),
+    );
+    let mut on_old = start_holding(loopback(port), node("old", 1002), Cookies::new(old));
+    let mut on_new = start_holding(loopback(port), node("new", 1003), Cookies::new(new));
+    let sorted = |st: &TopologyStatus| {
+        let mut n = names(st);
+        n.sort();
+        n
+    };
+    // [new, old] hears a node on [old] and one on [new].
+    both.wait_for("both hears old and new", |st| {
+        sorted(st) == ["new@127.0.0.1", "old@127.0.0.1"]
+    })
+    .await;
+    // It seals with the primary, new: the node on [new] hears it, and not the node on
+    // [old] (which seals with old).
+    on_new
+        .wait_for("new hears both and refuses old", |st| {
+            names(st) == ["both@127.0.0.1"] && counter(st, "gossip_rejected_auth") >= 2
+        })
+        .await;
+    // [old] alone refuses everything sealed with new.
+    let st = on_old
+        .wait_for("old refuses both and new", |st| {
+            counter(st, "gossip_rejected_auth") >= 4
+        })
+        .await;
+    assert!(st.peers.is_empty(), "{:?}", st.peers);
+    let st = both
+        .wait_for("counters flushed", |st| counter(st, "gossip_accepted") >= 4)
+        .await;
+    assert_eq!(counter(&st, "gossip_rejected_auth"), 0, "{:?}", st.counters);
+    for n in [both, on_old, on_new] {
+        n.stop().await;
+    }
 }
 
 #[tokio::test]
