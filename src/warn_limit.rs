@@ -82,11 +82,21 @@ impl WarnLimit {
 }
 
 /// Logs `msg` as a warning or at debug level, as `limit` decides for `reason`.
-pub(crate) fn log(limit: &mut WarnLimit, now: Instant, reason: &'static str, msg: impl FnOnce() -> String) {
+pub(crate) fn log(
+    limit: &mut WarnLimit,
+    now: Instant,
+    reason: &'static str,
+    msg: impl FnOnce() -> String,
+) {
     match limit.check(now, reason) {
         Verdict::Warn { suppressed: 0 } => tracing::warn!(reason, "{}", msg()),
         Verdict::Warn { suppressed } => {
-            tracing::warn!(reason, suppressed, "{} ({suppressed} more like it logged at debug level)", msg())
+            tracing::warn!(
+                reason,
+                suppressed,
+                "{} ({suppressed} more like it logged at debug level)",
+                msg()
+            )
         }
         Verdict::Quiet => tracing::debug!(reason, "{}", msg()),
     }
