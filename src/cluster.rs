@@ -236,8 +236,13 @@ impl Builder {
         let mut topologies = Vec::new();
         let mut statuses = Vec::new();
         let mut strategy_tasks = Vec::new();
+        let cookies = self
+            .accepted_cookies
+            .into_iter()
+            .fold(Cookies::new(cookie.clone()), Cookies::accept);
         for spec in self.topologies {
-            let (ctx, handle) = Context::new(&spec.name, spec.kind, local.clone(), cookie.clone());
+            let (ctx, handle) =
+                Context::with_cookies(&spec.name, spec.kind, local.clone(), cookies.clone());
             strategy_tasks.push((handle.shutdown.clone(), (spec.launch)(ctx)));
             statuses.push((spec.name.clone(), handle.status.clone()));
             topologies.push(membership::driver::Topology {

@@ -10,8 +10,15 @@
 //! A heartbeat carries the cluster's name, the node's name, incarnation and advertised
 //! cluster address, and a timestamp, sealed with ChaCha20-Poly1305 under a key derived
 //! (HKDF-SHA256) from `secret`, by default the cluster's cookie. See [`packet`] for the
-//! format. A packet is dropped, counted and logged (a warning the first time for each
-//! source address and reason, debug after that) when it:
+//! format.
+//!
+//! Without a `secret`, a node that holds several cookies (the primary and those it also
+//! accepts, [`Builder::accept_cookie`](crate::Builder::accept_cookie)) seals with the
+//! primary's key and opens packets sealed with any of them, so gossip goes on through a
+//! cookie rotation: nodes that accept both the old and the new cookie hear nodes still
+//! on the old one and nodes already on the new one. An explicit `secret` is the only key.
+//!
+//! A packet is dropped, counted and logged when it:
 //!
 //! | counter | the packet |
 //! |---|---|
@@ -20,6 +27,12 @@
 //! | `gossip_rejected_version` | has a format version this node does not read |
 //! | `gossip_rejected_cluster` | authenticates but comes from another `cluster_name` |
 //! | `gossip_rejected_replay` | has a timestamp outside `replay_window` of the local clock, or not newer than the sender's last one |
+//!
+//! The log is rate-limited per reason (counter), whatever the source address, which
+//! anyone on the link can forge: at most [`WARN_BURST`] warnings per reason in any
+//! [`WARN_WINDOW`], the rest at debug level; the next warning after a quiet spell says how
+//! many were held back (see [`crate::warn_limit`]). Nothing is remembered per source.
+//! The counters count every packet.
 //!
 //! The other counters: `gossip_accepted` (heartbeats from other nodes that were taken),
 //! `gossip_sent` and `gossip_sent_bytes` (this node's heartbeats), `gossip_send_errors`,
@@ -46,16 +59,18 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::backoff::Backoff;
 use super::{Context, PeerSet, Strategy};
+use crate::cookie::Cookies;
+use crate::warn_limit::{self, WarnLimit};
 
 mod config;
 mod heard;
@@ -69,6 +84,12 @@ pub use socket::{SendError, SetupError};
 
 use heard::{Accepted, Heard};
 use packet::{Key, OpenError};
+
+/// At most this many warnings about dropped packets per reason (counter) in any
+/// [`WARN_WINDOW`]; the others are logged at debug level.
+pub const WARN_BURST: u32 = 5;
+/// The window of [`WARN_BURST`].
+pub const WARN_WINDOW: Duration = Duration::from_secs(60);
 
 /// The gossip strategy (see the [module docs](self)). Not authoritative: a node that
 /// goes quiet leaves the candidate set, and the membership decides when it is down.
@@ -103,11 +124,8 @@ impl Strategy for Gossip {
     }
 
     async fn run(self, ctx: Context) {
-        let key = match &self.config.secret {
-            Some(s) => Key::derive(s.as_bytes()),
-            None => Key::derive(ctx.cookie().as_bytes()),
-        };
-        let mut node = Runner::new(self.config, key);
+        let keys = Keys::new(self.config.secret.as_deref(), ctx.cookies());
+        let mut node = Runner::new(self.config, keys);
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         loop {
             match socket::open(&node.config) {
@@ -137,17 +155,47 @@ enum Ended {
     Broken(std::io::Error),
 }
 
+/// The packet keys: heartbeats are sealed with `seal`, and opened with any of `open`.
+struct Keys {
+    seal: Key,
+    /// `seal` first.
+    open: Vec<Key>,
+}
+
+impl Keys {
+    /// The explicit `secret`'s key alone; without one, a key per cookie held, the
+    /// primary's to seal with.
+    fn new(secret: Option<&str>, cookies: &Cookies) -> Keys {
+        match secret {
+            Some(s) => {
+                let key = Key::derive(s.as_bytes());
+                Keys {
+                    seal: key.clone(),
+                    open: vec![key],
+                }
+            }
+            None => Keys {
+                seal: Key::derive(cookies.primary().as_bytes()),
+                open: (cookies.all().iter())
+                    .map(|c| Key::derive(c.as_bytes()))
+                    .collect(),
+            },
+        }
+    }
+}
+
 /// The running strategy's state, across socket set-ups.
 struct Runner {
     config: Config,
-    key: Key,
+    keys: Keys,
     heard: Heard,
     reported: Option<PeerSet>,
     /// When the set was last computed: expiries after it are still to be looked at.
-    checked: std::time::Instant,
+    checked: Instant,
     send_failing: bool,
     counters: BTreeMap<&'static str, u64>,
-    complaints: Complaints,
+    /// Which drops are logged as warnings: per reason, never per source.
+    warnings: WarnLimit,
     rng: StdRng,
 }
 
@@ -158,16 +206,16 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 impl Runner {
-    fn new(config: Config, key: Key) -> Self {
+    fn new(config: Config, keys: Keys) -> Self {
         Runner {
             heard: Heard::new(config.live_for(), config.effective_replay_window()),
             config,
-            key,
+            keys,
             reported: None,
-            checked: std::time::Instant::now(),
+            checked: Instant::now(),
             send_failing: false,
             counters: BTreeMap::new(),
-            complaints: Complaints::default(),
+            warnings: WarnLimit::new(WARN_BURST, WARN_WINDOW),
             rng: StdRng::from_entropy(),
         }
     }
@@ -220,7 +268,10 @@ impl Runner {
                     return Ended::Shutdown;
                 }
                 r = ep.socket.recv_from(&mut buf) => match r {
-                    Ok((n, src)) => self.on_packet(ctx, &buf[..n], src),
+                    Ok((n, src)) => {
+                        let now = Instant::now();
+                        self.on_packet(ctx, &buf[..n], src, now, unix_ms(SystemTime::now()));
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         self.count("gossip_recv_errors", 1);
@@ -249,7 +300,7 @@ impl Runner {
             addr: me.addr,
             timestamp_ms: unix_ms(SystemTime::now()),
         };
-        let packet = match packet::seal(&self.key, &hb, self.rng.r#gen()) {
+        let packet = match packet::seal(&self.keys.seal, &hb, self.rng.r#gen()) {
             Ok(p) => p,
             Err(e) => {
                 self.count("gossip_send_errors", 1);
@@ -274,8 +325,18 @@ impl Runner {
         }
     }
 
-    fn on_packet(&mut self, ctx: &Context, bytes: &[u8], src: SocketAddr) {
-        let mut hb = match packet::open(&self.key, bytes) {
+    /// Takes one datagram from `src`, received at `now` (`now_ms` on the wall clock, ms
+    /// since the Unix epoch): a heartbeat joins the set, anything else is counted and
+    /// logged as [`reject`](Self::reject) says.
+    fn on_packet(
+        &mut self,
+        ctx: &Context,
+        bytes: &[u8],
+        src: SocketAddr,
+        now: Instant,
+        now_ms: u64,
+    ) {
+        let mut hb = match packet::open_any(&self.keys.open, bytes) {
             Ok(hb) => hb,
             Err(e) => {
                 let counter = match e {
@@ -285,7 +346,7 @@ impl Runner {
                         "gossip_rejected_malformed"
                     }
                 };
-                self.reject(ctx, counter, src, &e);
+                self.reject(ctx, counter, src, &e, now);
                 return;
             }
         };
@@ -298,7 +359,7 @@ impl Runner {
                 "heartbeat of {} is for cluster {:?}, this node's is {:?}",
                 hb.name, hb.cluster, self.config.cluster_name
             );
-            self.reject(ctx, "gossip_rejected_cluster", src, &why);
+            self.reject(ctx, "gossip_rejected_cluster", src, &why, now);
             return;
         }
         if hb.addr.ip().is_unspecified() {
@@ -310,10 +371,7 @@ impl Runner {
         {
             a.set_scope_id(s.scope_id());
         }
-        match self
-            .heard
-            .accept(&hb, unix_ms(SystemTime::now()), std::time::Instant::now())
-        {
+        match self.heard.accept(&hb, now_ms, now) {
             Ok(outcome) => {
                 self.count("gossip_accepted", 1);
                 if outcome == Accepted::Changed {
@@ -322,50 +380,30 @@ impl Runner {
             }
             Err(stale) => {
                 let why = format!("heartbeat of {}: {stale}", hb.name);
-                self.reject(ctx, "gossip_rejected_replay", src, &why);
+                self.reject(ctx, "gossip_rejected_replay", src, &why, now);
             }
         }
     }
 
+    /// Counts a dropped packet under `counter`, and logs it: as a warning while the
+    /// reason's budget lasts ([`WARN_BURST`] per [`WARN_WINDOW`]), else at debug level.
+    /// The budget is per reason only, so forged source addresses cannot widen it.
     fn reject(
         &mut self,
         ctx: &Context,
         counter: &'static str,
         src: SocketAddr,
         why: &dyn fmt::Display,
+        now: Instant,
     ) {
         self.count(counter, 1);
         let topology = ctx.topology();
-        if self.complaints.first(src.ip(), counter) {
-            tracing::warn!(%topology, source = %src, reason = counter, "dropped a gossip packet: {why} (further ones from this source are logged at debug level)");
-        } else {
-            tracing::debug!(%topology, source = %src, reason = counter, "dropped a gossip packet: {why}");
-        }
-    }
-}
-
-/// Which (source, reason) pairs have been logged as warnings. Bounded: when it is full
-/// it starts over, so a flood from many addresses costs a warning per address at most
-/// once per 1,024 addresses.
-#[derive(Default)]
-struct Complaints {
-    seen: HashMap<IpAddr, Vec<&'static str>>,
-}
-
-impl Complaints {
-    const MAX_SOURCES: usize = 1024;
-
-    /// Whether this is the first time `reason` is seen from `ip` (and remembers it).
-    fn first(&mut self, ip: IpAddr, reason: &'static str) -> bool {
-        if self.seen.len() >= Self::MAX_SOURCES && !self.seen.contains_key(&ip) {
-            self.seen.clear();
-        }
-        let reasons = self.seen.entry(ip).or_default();
-        if reasons.contains(&reason) {
-            false
-        } else {
-            reasons.push(reason);
-            true
-        }
+        warn_limit::log(&mut self.warnings, now, counter, || {
+            format!(
+                "dropped a gossip packet from {src} (topology {topology}): {why} \
+                 (at most {WARN_BURST} warnings per {WARN_WINDOW:?} for this reason, \
+                 the rest at debug level; every packet is counted)"
+            )
+        });
     }
 }

@@ -53,7 +53,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::cookie::Cookie;
+use crate::cookie::{Cookie, Cookies};
 use crate::node::{Node, NodeName};
 
 pub mod backoff;
@@ -145,13 +145,13 @@ pub struct TopologyStatus {
     pub counters: BTreeMap<&'static str, u64>,
 }
 
-/// What a running strategy is handed: who this node is, the cluster secret, the sink for
-/// its peer sets and its health, and the shutdown signal.
+/// What a running strategy is handed: who this node is, the cluster's cookies, the sink
+/// for its peer sets and its health, and the shutdown signal.
 #[derive(Clone)]
 pub struct Context {
     topology: Arc<str>,
     local: Node,
-    cookie: Cookie,
+    cookies: Cookies,
     status: watch::Sender<TopologyStatus>,
     shutdown: CancellationToken,
 }
@@ -166,13 +166,24 @@ pub struct TopologyHandle {
 }
 
 impl Context {
-    /// A context for running a strategy named `topology` on behalf of `local`, and the
-    /// handle that observes it. The cluster makes these; tests of a strategy can too.
+    /// A context for running a strategy named `topology` on behalf of `local`, holding
+    /// just `cookie`, and the handle that observes it. Tests of a strategy make these.
     pub fn new(
         topology: &str,
         strategy: &'static str,
         local: Node,
         cookie: Cookie,
+    ) -> (Context, TopologyHandle) {
+        Self::with_cookies(topology, strategy, local, Cookies::new(cookie))
+    }
+
+    /// As [`new`](Self::new), holding several cookies (the primary and those also
+    /// accepted, as during a rotation). The cluster makes its contexts with this.
+    pub fn with_cookies(
+        topology: &str,
+        strategy: &'static str,
+        local: Node,
+        cookies: Cookies,
     ) -> (Context, TopologyHandle) {
         let (tx, rx) = watch::channel(TopologyStatus {
             strategy,
@@ -183,7 +194,7 @@ impl Context {
             Context {
                 topology: Arc::from(topology),
                 local,
-                cookie,
+                cookies,
                 status: tx,
                 shutdown: shutdown.clone(),
             },
@@ -204,9 +215,16 @@ impl Context {
         &self.local
     }
 
-    /// The cluster's cookie (gossip derives its packet key from it by default).
+    /// The cluster's primary cookie: the one this node dials and sends with (gossip
+    /// seals its packets with a key derived from it by default).
     pub fn cookie(&self) -> &Cookie {
-        &self.cookie
+        self.cookies.primary()
+    }
+
+    /// Every cookie this node accepts from peers, the primary first (gossip opens
+    /// packets sealed with a key derived from any of them).
+    pub fn cookies(&self) -> &Cookies {
+        &self.cookies
     }
 
     /// Reports the full set of peers the strategy sees now. This node itself (by name or

@@ -138,8 +138,26 @@ pub fn open(key: &Key, packet: &[u8]) -> Result<Heartbeat, OpenError> {
     decode_body(&body)
 }
 
+/// Opens a packet sealed with any of `keys` (a node that holds several cookies during a
+/// rotation): the checks of [`open`], with the keys tried in turn. A packet that none of
+/// them authenticates (or an empty `keys`) is [`OpenError::Auth`].
+pub fn open_any(keys: &[Key], packet: &[u8]) -> Result<Heartbeat, OpenError> {
+    check_frame(packet)?;
+    let body = keys
+        .iter()
+        .find_map(|key| decrypt(key, packet).ok())
+        .ok_or(OpenError::Auth)?;
+    decode_body(&body)
+}
+
 /// The authenticated plaintext of a packet.
 pub fn open_body(key: &Key, packet: &[u8]) -> Result<Vec<u8>, OpenError> {
+    check_frame(packet)?;
+    decrypt(key, packet)
+}
+
+/// The checks that need no key: size and version.
+fn check_frame(packet: &[u8]) -> Result<(), OpenError> {
     if packet.len() > MAX_PACKET {
         return Err(OpenError::TooLarge);
     }
@@ -156,6 +174,11 @@ pub fn open_body(key: &Key, packet: &[u8]) -> Result<Vec<u8>, OpenError> {
     if version != VERSION {
         return Err(OpenError::Version(version));
     }
+    Ok(())
+}
+
+/// Authenticates and decrypts a packet that passed [`check_frame`].
+fn decrypt(key: &Key, packet: &[u8]) -> Result<Vec<u8>, OpenError> {
     let nonce = Nonce::from_slice(&packet[1..HEADER_LEN]);
     key.0
         .decrypt(
@@ -210,6 +233,21 @@ mod tests {
     fn another_secret_fails_authentication() {
         let p = seal(&Key::derive(b"one"), &hb(), [1; NONCE_LEN]).unwrap();
         assert_eq!(open(&Key::derive(b"two"), &p), Err(OpenError::Auth));
+    }
+
+    #[test]
+    fn open_any_takes_a_packet_sealed_with_any_of_the_keys() {
+        let (old, new) = (Key::derive(b"old"), Key::derive(b"new"));
+        let by_old = seal(&old, &hb(), [1; NONCE_LEN]).unwrap();
+        let by_new = seal(&new, &hb(), [2; NONCE_LEN]).unwrap();
+        let both = [new.clone(), old.clone()];
+        assert_eq!(open_any(&both, &by_old).unwrap(), hb());
+        assert_eq!(open_any(&both, &by_new).unwrap(), hb());
+        assert_eq!(open_any(&[old], &by_new), Err(OpenError::Auth));
+        assert_eq!(open_any(&[], &by_new), Err(OpenError::Auth));
+        // The checks that need no key come first, whatever the keys.
+        assert_eq!(open_any(&both, &[9]), Err(OpenError::Version(9)));
+        assert_eq!(open_any(&[], &[VERSION, 1]), Err(OpenError::TooShort(2)));
     }
 
     #[test]

@@ -3,13 +3,14 @@
 //! Loopback multicast needs `multicast_if = 127.0.0.1` (so nothing leaves the host); each
 //! test uses its own port, shared by the strategies of that test.
 
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinHandle;
 
 use super::*;
-use crate::cookie::Cookie;
+use crate::cookie::{Cookie, Cookies};
 use crate::node::Node;
 use crate::strategies::{TopologyHandle, TopologyStatus};
 
@@ -197,17 +198,185 @@ fn bind_address_defaults() {
     assert_eq!(c.bind_ip(), "::".parse::<IpAddr>().unwrap());
 }
 
-#[test]
-fn complaints_are_once_per_source_and_reason_and_bounded() {
-    let mut c = Complaints::default();
-    let a: IpAddr = "10.0.0.1".parse().unwrap();
-    assert!(c.first(a, "x"));
-    assert!(!c.first(a, "x"));
-    assert!(c.first(a, "y"));
-    for i in 0..5000u32 {
-        c.first(IpAddr::V4(Ipv4Addr::from(i)), "x");
+/// Records the level, `reason` field and message of every event: what a log would show.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<Line>>>);
+
+#[derive(Clone, Debug)]
+struct Line {
+    level: tracing::Level,
+    reason: Option<String>,
+    message: String,
+}
+
+impl Captured {
+    fn warnings(&self) -> Vec<Line> {
+        let lines = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        (lines.iter())
+            .filter(|l| l.level == tracing::Level::WARN)
+            .cloned()
+            .collect()
     }
-    assert!(c.seen.len() <= Complaints::MAX_SOURCES);
+}
+
+impl tracing::field::Visit for Line {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "reason" {
+            self.reason = Some(value.to_owned());
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        }
+    }
+}
+
+impl tracing::Subscriber for Captured {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut line = Line {
+            level: *event.metadata().level(),
+            reason: None,
+            message: String::new(),
+        };
+        event.record(&mut line);
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+fn heartbeat(cluster: &str, name: &str, timestamp_ms: u64) -> packet::Heartbeat {
+    packet::Heartbeat {
+        cluster: cluster.into(),
+        name: name.parse().unwrap(),
+        incarnation: 7,
+        addr: "10.0.0.2:45893".parse().unwrap(),
+        timestamp_ms,
+    }
+}
+
+#[test]
+fn a_flood_from_10000_sources_gives_a_bounded_number_of_warnings_and_counts_every_packet() {
+    let (ctx, handle) = Context::new("lan", "gossip", node("a", 1001), Cookie::new("cookie"));
+    let mut runner = Runner::new(Config::default(), Keys::new(None, ctx.cookies()));
+    let key = Key::derive(b"cookie");
+    let t0 = Instant::now();
+    let now_ms = unix_ms(SystemTime::now());
+    let other_cluster = packet::seal(&key, &heartbeat("elsewhere", "x@10.0.0.3", now_ms), [1; 12]);
+    let replayed = packet::seal(
+        &key,
+        &heartbeat("rallypoint", "b@10.0.0.2", now_ms),
+        [2; 12],
+    );
+    let (other_cluster, replayed) = (other_cluster.unwrap(), replayed.unwrap());
+    let mut rng = StdRng::seed_from_u64(5);
+    let log = Captured::default();
+    tracing::subscriber::with_default(log.clone(), || {
+        for i in 0..10_000u32 {
+            // 10.0.0.0 + i: every packet from another source address.
+            let src = SocketAddr::from((Ipv4Addr::from(0x0a00_0000 + i), 45892));
+            let bytes = match i % 5 {
+                0 => {
+                    // Looks like a heartbeat, sealed with a key nobody has.
+                    let mut b = vec![0u8; 80];
+                    rng.fill(&mut b[..]);
+                    b[0] = packet::VERSION;
+                    b
+                }
+                1 => vec![packet::VERSION; 5],
+                2 => vec![9; 80],
+                3 => other_cluster.clone(),
+                // The first is taken, every copy after it is a replay.
+                _ => replayed.clone(),
+            };
+            let now = t0 + Duration::from_micros(u64::from(i));
+            runner.on_packet(&ctx, &bytes, src, now, now_ms);
+        }
+    });
+    runner.flush(&ctx);
+    let st = handle.status.borrow().clone();
+    for (name, n) in [
+        ("gossip_rejected_auth", 2000),
+        ("gossip_rejected_malformed", 2000),
+        ("gossip_rejected_version", 2000),
+        ("gossip_rejected_cluster", 2000),
+        ("gossip_rejected_replay", 1999),
+        ("gossip_accepted", 1),
+    ] {
+        assert_eq!(counter(&st, name), n, "{name}: {:?}", st.counters);
+    }
+    assert_eq!(names(&st), ["b@10.0.0.2"]);
+    // Before: a warning per source address, 9,999 lines. Now: the budget of each of the
+    // five reasons.
+    let warnings = log.warnings();
+    assert_eq!(warnings.len(), 5 * WARN_BURST as usize, "{warnings:#?}");
+    for reason in [
+        "gossip_rejected_auth",
+        "gossip_rejected_malformed",
+        "gossip_rejected_version",
+        "gossip_rejected_cluster",
+        "gossip_rejected_replay",
+    ] {
+        let n = (warnings.iter())
+            .filter(|l| l.reason.as_deref() == Some(reason))
+            .count();
+        assert_eq!(n, WARN_BURST as usize, "{reason}: {warnings:#?}");
+    }
+    assert!(
+        warnings[0]
+            .message
+            .contains("at most 5 warnings per 60s for this reason"),
+        "{}",
+        warnings[0].message
+    );
+    // After the window, the next warning says how many were held back.
+    let later = t0 + WARN_WINDOW + Duration::from_secs(1);
+    let log = Captured::default();
+    tracing::subscriber::with_default(log.clone(), || {
+        let src = SocketAddr::from(([10, 1, 0, 1], 45892));
+        runner.on_packet(&ctx, &[9; 80], src, later, now_ms);
+    });
+    let warnings = log.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    let held_back = 2000 - WARN_BURST;
+    assert!(
+        (warnings[0].message)
+            .contains(&format!("({held_back} more like it logged at debug level)")),
+        "{}",
+        warnings[0].message
+    );
+}
+
+#[test]
+fn an_explicit_secret_is_the_only_key_and_cookies_give_one_each() {
+    let cookies = Cookies::new(Cookie::new("new")).accept(Cookie::new("old"));
+    let hb = heartbeat("rallypoint", "b@10.0.0.2", 1);
+    let by = |secret: &[u8]| packet::seal(&Key::derive(secret), &hb, [0; 12]).unwrap();
+    let keys = Keys::new(None, &cookies);
+    assert_eq!(keys.open.len(), 2);
+    assert_eq!(packet::open(&keys.seal, &by(b"new")).unwrap(), hb);
+    assert!(packet::open_any(&keys.open, &by(b"old")).is_ok());
+    let keys = Keys::new(Some("s"), &cookies);
+    assert_eq!(keys.open.len(), 1);
+    assert_eq!(packet::open(&keys.seal, &by(b"s")).unwrap(), hb);
+    assert!(packet::open_any(&keys.open, &by(b"new")).is_err());
+    assert!(packet::open_any(&keys.open, &by(b"old")).is_err());
 }
 
 // ---- strategies on loopback ----
@@ -243,7 +412,11 @@ struct Running {
 }
 
 fn start(cfg: Config, me: Node, cookie: &str) -> Running {
-    let (ctx, handle) = Context::new("lan", "gossip", me, Cookie::new(cookie));
+    start_holding(cfg, me, Cookies::new(Cookie::new(cookie)))
+}
+
+fn start_holding(cfg: Config, me: Node, cookies: Cookies) -> Running {
+    let (ctx, handle) = Context::with_cookies("lan", "gossip", me, cookies);
     let task = tokio::spawn(Gossip::new(cfg).unwrap().run(ctx));
     Running { handle, task }
 }
@@ -358,6 +531,50 @@ async fn another_secret_or_cluster_is_not_heard_and_is_counted() {
     other_secret.stop().await;
     other_cluster.stop().await;
     a.stop().await;
+}
+
+#[tokio::test]
+async fn during_a_cookie_rotation_a_node_holding_new_and_old_hears_both() {
+    let port = test_port();
+    let (old, new) = (Cookie::new("old cookie"), Cookie::new("new cookie"));
+    let mut both = start_holding(
+        loopback(port),
+        node("both", 1001),
+        Cookies::new(new.clone()).accept(old.clone()),
+    );
+    let mut on_old = start_holding(loopback(port), node("old", 1002), Cookies::new(old));
+    let mut on_new = start_holding(loopback(port), node("new", 1003), Cookies::new(new));
+    let sorted = |st: &TopologyStatus| {
+        let mut n = names(st);
+        n.sort();
+        n
+    };
+    // [new, old] hears a node on [old] and one on [new].
+    both.wait_for("both hears old and new", |st| {
+        sorted(st) == ["new@127.0.0.1", "old@127.0.0.1"]
+    })
+    .await;
+    // It seals with the primary, new: the node on [new] hears it, and not the node on
+    // [old] (which seals with old).
+    on_new
+        .wait_for("new hears both and refuses old", |st| {
+            names(st) == ["both@127.0.0.1"] && counter(st, "gossip_rejected_auth") >= 2
+        })
+        .await;
+    // [old] alone refuses everything sealed with new.
+    let st = on_old
+        .wait_for("old refuses both and new", |st| {
+            counter(st, "gossip_rejected_auth") >= 4
+        })
+        .await;
+    assert!(st.peers.is_empty(), "{:?}", st.peers);
+    let st = both
+        .wait_for("counters flushed", |st| counter(st, "gossip_accepted") >= 4)
+        .await;
+    assert_eq!(counter(&st, "gossip_rejected_auth"), 0, "{:?}", st.counters);
+    for n in [both, on_old, on_new] {
+        n.stop().await;
+    }
 }
 
 #[tokio::test]
