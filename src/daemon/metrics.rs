@@ -12,6 +12,7 @@
 //! | `rallypoint_events_total` | counter | `kind`: `nodeup`, `nodedown` |
 //! | `rallypoint_connect_attempts_total` | counter | `result`: `ok`, `refused`, `timeout`, `error` |
 //! | `rallypoint_handshake_failures_total` | counter | `reason`: `bad_cookie`, `name_clash`, … |
+//! | `rallypoint_transport_errors_total` | counter | `reason`: `unauthentic`, `frame_too_large`, `malformed`, `unexpected` |
 //! | `rallypoint_discovered_peers` | gauge | `topology` |
 //! | `rallypoint_strategy_errors_total` | counter | `topology` |
 //! | `rallypoint_gossip_packets_total` | counter | `result` (topology counters named `gossip_RESULT`) |
@@ -44,7 +45,12 @@ const HANDSHAKE_REASONS: &[&str] = &[
     "pruned",
     "duplicate",
     "closed",
+    "not_rallypoint",
+    "overload",
+    "self",
 ];
+/// Why established connections were cut, always written (0 until one happens).
+const TRANSPORT_REASONS: &[&str] = &["unauthentic", "frame_too_large", "malformed", "unexpected"];
 /// The prefix of topology counters that count gossip packets.
 const GOSSIP_PREFIX: &str = "gossip_";
 
@@ -138,6 +144,14 @@ impl Collector for NodeCollector {
             "Handshakes that failed, by reason.",
             "reason",
             &with_known(HANDSHAKE_REASONS, &stats.handshake_failures),
+        )?;
+        counter_family(
+            &mut encoder,
+            "rallypoint_transport_errors",
+            "Established connections cut for what arrived on them, by reason (`unauthentic`: \
+             a record altered, injected, replayed, reordered or dropped).",
+            "reason",
+            &with_known(TRANSPORT_REASONS, &stats.transport_errors),
         )?;
 
         let mut discovered = encoder.encode_descriptor(
