@@ -207,7 +207,7 @@ impl Builder {
         let cookies = self
             .accepted_cookies
             .into_iter()
-            .fold(Cookies::new(cookie.clone()), Cookies::accept);
+            .fold(Cookies::new(cookie), Cookies::accept);
         let listener = tokio::net::TcpListener::bind(self.cluster_addr)
             .await
             .map_err(|source| Error::Bind {
@@ -236,10 +236,6 @@ impl Builder {
         let mut topologies = Vec::new();
         let mut statuses = Vec::new();
         let mut strategy_tasks = Vec::new();
-        let cookies = self
-            .accepted_cookies
-            .into_iter()
-            .fold(Cookies::new(cookie.clone()), Cookies::accept);
         for spec in self.topologies {
             let (ctx, handle) =
                 Context::with_cookies(&spec.name, spec.kind, local.clone(), cookies.clone());
