@@ -182,18 +182,29 @@ async fn garbage_on_the_cluster_port_disturbs_nothing() {
     s.write_all(&[0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8])
         .await
         .unwrap();
-    // An oversized frame header.
+    // The sealed handshake's preamble, then an oversized handshake message.
     let mut s2 = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s2.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    s2.write_all(&rallypoint::membership::seal::PREAMBLE)
+        .await
+        .unwrap();
+    s2.write_all(&u16::MAX.to_be_bytes()).await.unwrap();
+    // An oversized frame header, as protocol 1 would have read it: too short a preamble.
+    let mut s3 = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s3.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
     // A half-open handshake: connect, say nothing.
-    let _s3 = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _s4 = tokio::net::TcpStream::connect(addr).await.unwrap();
     wait_stat(&a, |s| {
-        s.handshake_failures.get("protocol").copied().unwrap_or(0) >= 2
+        s.handshake_failures
+            .get("not_rallypoint")
+            .copied()
+            .unwrap_or(0)
+            >= 1
+            && s.handshake_failures.get("protocol").copied().unwrap_or(0) >= 1
     })
     .await;
-    // The silent connection is cut by the handshake timeout.
+    // The silent connections are cut by the handshake timeout.
     wait_stat(&a, |s| {
-        s.handshake_failures.get("timeout").copied().unwrap_or(0) >= 1
+        s.handshake_failures.get("timeout").copied().unwrap_or(0) >= 2
     })
     .await;
     assert_eq!(names(&a), BTreeSet::from(["b@127.0.0.1".to_string()]));

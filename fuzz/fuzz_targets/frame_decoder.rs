@@ -1,23 +1,26 @@
-//! The peer connection's decoder, as the driver runs it: the 4-byte length-delimited
-//! codec (with the default 1 MiB frame cap), then the postcard frame decoder. Whatever
-//! the bytes, nothing panics, and every frame that decodes encodes back to itself.
+//! The decoder of the plaintext frame stream: what runs on the bytes of the opened
+//! records of an authenticated session (the sealed transport, `seal::Opener`). Each
+//! frame is a 4-byte big-endian length (above the default 1 MiB `max_frame`: refused
+//! before anything is buffered) and that many bytes of a postcard `Frame`
+//! (`wire::decode`). Whatever the bytes, nothing panics, and every frame that decodes
+//! encodes back to itself.
 #![no_main]
 
-use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use rallypoint::membership::wire;
-use tokio_util::codec::{Decoder, LengthDelimitedCodec};
+use rallypoint_fuzz::{MAX_FRAME, PlainFrames};
 
 fuzz_target!(|data: &[u8]| {
-    let mut codec = LengthDelimitedCodec::builder()
-        .length_field_length(4)
-        .max_frame_length(1 << 20)
-        .new_codec();
-    let mut buf = BytesMut::from(data);
-    while let Ok(Some(frame)) = codec.decode(&mut buf) {
-        if let Ok(f) = wire::decode(&frame) {
-            let again = wire::encode(&f);
-            assert_eq!(wire::decode(&again).ok(), Some(f), "a frame round-trips");
+    for frame in PlainFrames::new(data, MAX_FRAME) {
+        let Ok(bytes) = frame else { break };
+        match wire::decode(bytes) {
+            Ok(f) => {
+                let again = wire::encode(&f);
+                assert_eq!(wire::decode(&again).ok(), Some(f), "a frame round-trips");
+            }
+            Err(e) => {
+                let _ = (e.to_string(), e.reason());
+            }
         }
     }
 });

@@ -1,0 +1,3 @@
+//! placeholder
+#![cfg(feature = "daemon")]
+mod support;
