@@ -41,7 +41,7 @@ fn reads_every_key_from_a_file() {
         cluster_addr = "127.0.0.1:7001"
         advertise_addr = "127.0.0.1:7001"
         http_addr = "127.0.0.1:7002"
-        cookie = "  s3cret "
+        cookie = "  s3cret-of-the-cluster "
         [membership]
         heartbeat_interval = "100ms"
         down_after = "1s"
@@ -61,7 +61,10 @@ fn reads_every_key_from_a_file() {
     assert_eq!(c.cluster_addr.port(), 7001);
     assert_eq!(c.advertise_addr.unwrap().port(), 7001);
     assert_eq!(c.http_addr.port(), 7002);
-    assert_eq!(c.load_cookie().unwrap().unwrap(), Cookie::new("s3cret"));
+    assert_eq!(
+        c.load_cookie().unwrap().unwrap(),
+        Cookie::new("s3cret-of-the-cluster")
+    );
     assert_eq!(c.membership.heartbeat_interval, Duration::from_millis(100));
     assert_eq!(c.membership.down_after, Duration::from_secs(1));
     assert_eq!(c.membership.max_frame, 4096);
@@ -136,23 +139,34 @@ fn environment_sets_nested_topology_keys() {
 fn cookie_from_the_higher_layer_wins() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cookie");
-    std::fs::write(&path, "from-file\n").unwrap();
+    std::fs::write(&path, "cookie-from-the-file\n").unwrap();
     let text = format!("cookie_file = {:?}\n", path.display().to_string());
     let c = load(
         &text,
-        &[("RALLYPOINT_COOKIE", "from-env")],
+        &[("RALLYPOINT_COOKIE", "cookie-from-the-environment")],
         &Flags::default(),
     )
     .unwrap();
-    assert_eq!(c.load_cookie().unwrap().unwrap(), Cookie::new("from-env"));
+    assert_eq!(
+        c.load_cookie().unwrap().unwrap(),
+        Cookie::new("cookie-from-the-environment")
+    );
     let flags = Flags {
         cookie_file: Some(path.clone()),
         ..Flags::default()
     };
-    let c = load("", &[("RALLYPOINT_COOKIE", "from-env")], &flags).unwrap();
-    assert_eq!(c.load_cookie().unwrap().unwrap(), Cookie::new("from-file"));
+    let c = load(
+        "",
+        &[("RALLYPOINT_COOKIE", "cookie-from-the-environment")],
+        &flags,
+    )
+    .unwrap();
+    assert_eq!(
+        c.load_cookie().unwrap().unwrap(),
+        Cookie::new("cookie-from-the-file")
+    );
     let both = format!(
-        "cookie = \"x\"\ncookie_file = {:?}\n",
+        "cookie = \"cookie-in-the-same-file\"\ncookie_file = {:?}\n",
         path.display().to_string()
     );
     let err = load(&both, &[], &Flags::default()).unwrap_err().to_string();
@@ -298,7 +312,7 @@ fn a_missing_file_is_refused() {
 #[test]
 fn the_effective_configuration_prints_as_toml_with_the_cookie_redacted() {
     let c = load(
-        "name = \"a@h\"\ncookie = \"s3cret\"\n[topologies.peers]\nstrategy = \"static\"\nhosts = [\"127.0.0.1:5\"]\n",
+        "name = \"a@h\"\ncookie = \"s3cret-of-the-cluster\"\n[topologies.peers]\nstrategy = \"static\"\nhosts = [\"127.0.0.1:5\"]\n",
         &[],
         &Flags::default(),
     )
