@@ -151,11 +151,12 @@ pub enum CommandError {
 }
 
 /// `rallypoint check-config`: loads the configuration as `run` would (reading the
-/// cookie file, if any) and prints the effective configuration as TOML, secrets
+/// cookie files, if any) and prints the effective configuration as TOML, secrets
 /// redacted.
 pub fn check_config(args: &RunArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let config = args.load()?;
     config.load_cookie()?;
+    config.load_accepted_cookies()?;
     let text = toml::to_string(&config)?;
     write!(out, "{text}")?;
     Ok(())

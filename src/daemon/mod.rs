@@ -60,6 +60,7 @@ pub enum Error {
 /// both are up, the log line `HTTP API listening` says so.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let cookie = config.load_cookie()?;
+    let accepted = config.load_accepted_cookies()?;
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .map_err(|source| Error::HttpBind {
@@ -93,6 +94,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 .unwrap_or_else(|| "(no config directory)".into());
             tracing::info!(%path, "no cookie configured: using this user's default cookie");
         }
+    }
+    if !accepted.is_empty() {
+        tracing::info!(
+            count = accepted.len(),
+            "also accepting other cookies from peers (accept_cookies, accept_cookie_files)"
+        );
+    }
+    for c in &accepted {
+        builder = builder.accept_cookie(c.as_bytes());
     }
     for (name, topology) in &config.topologies {
         tracing::info!(topology = %name, strategy = topology.strategy.kind(), "starting topology");
