@@ -27,7 +27,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a node: join the cluster and serve the HTTP API until SIGTERM or Ctrl-C.
+    /// Run a node: join the cluster and serve the HTTP API until SIGTERM, SIGINT
+    /// (Ctrl-C) or SIGHUP, then leave gracefully.
     Run(RunArgs),
     /// Check the configuration (file, environment, flags, as `run` would load it) and
     /// print it as TOML with secrets redacted; exit 1 naming the key at fault.

@@ -8,7 +8,9 @@
 //!
 //! [`run`] is the daemon: it binds the HTTP API, starts the node with the configured
 //! topologies, serves until its shutdown future resolves, then leaves the cluster
-//! gracefully (peers see `left`) within a bounded time.
+//! gracefully (peers see `left`) within a bounded time. [`shutdown_signal`] is that
+//! future for the binary: SIGTERM, SIGINT and SIGHUP all leave gracefully (SIGHUP does
+//! not reload the configuration).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -162,19 +164,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     result
 }
 
-/// A future that resolves on SIGTERM or SIGINT (Ctrl-C). The handlers are installed
-/// when this is called (so call it before the daemon says it is ready), not when the
-/// future is first polled.
+/// A future that resolves on SIGTERM, SIGINT (Ctrl-C) or SIGHUP: all three mean "leave
+/// the cluster gracefully and stop" (SIGHUP does not reload the configuration; a hang-up
+/// of the terminal stops the daemon as it would stop a foreground program, but
+/// gracefully). The handlers are installed when this is called (so call it first, before
+/// anything slow), not when the future is first polled; from then on these signals no
+/// longer kill the process by themselves, so poll the future from then on too.
 pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let term = signal(SignalKind::terminate());
         let int = signal(SignalKind::interrupt());
+        let hup = signal(SignalKind::hangup());
         async move {
-            let (mut term, mut int) = match (term, int) {
-                (Ok(t), Ok(i)) => (t, i),
-                (Err(e), _) | (_, Err(e)) => {
+            let (mut term, mut int, mut hup) = match (term, int, hup) {
+                (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                     tracing::error!(error = %e, "cannot install signal handlers; stop with SIGKILL");
                     return std::future::pending().await;
                 }
@@ -182,6 +188,7 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM received"),
                 _ = int.recv() => tracing::info!("SIGINT received"),
+                _ = hup.recv() => tracing::info!("SIGHUP received (it does not reload the configuration)"),
             }
         }
     }
