@@ -59,10 +59,26 @@ pub enum Error {
 
 /// Runs the daemon until `shutdown` resolves, then leaves the cluster gracefully. The
 /// HTTP API is bound before the node starts (so a taken port starts nothing); once
-/// both are up, the log line `HTTP API listening` says so.
+/// both are up, the log line `HTTP API listening` says so. When `shutdown` resolves
+/// while the cookie files are still being read, nothing is started and this returns
+/// `Ok(())` at once; later, before the node is up, the node stops as soon as it is.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let cookie = config.load_cookie()?;
-    let accepted = config.load_accepted_cookies()?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    // Reading files can block (a slow or hung file system): off the runtime's threads,
+    // and given up on a shutdown request.
+    let files = config.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        Ok::<_, ConfigError>((files.load_cookie()?, files.load_accepted_cookies()?))
+    });
+    let (cookie, accepted) = tokio::select! {
+        read = read => read.map_err(|e| {
+            ConfigError::Load(format!("reading the cookie files stopped: {e}"))
+        })??,
+        () = &mut shutdown => {
+            tracing::info!("asked to stop before the node was up: stopping");
+            return Ok(());
+        }
+    };
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .map_err(|source| Error::HttpBind {
