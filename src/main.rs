@@ -4,7 +4,7 @@
 //! configuration and the cookie are read): a signal before the node is up stops the
 //! process at once with status 0, as one after it does once the node has left.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -12,12 +12,32 @@ use rallypoint::config::LogFormat;
 use rallypoint::daemon::{self, cli};
 use tracing_subscriber::EnvFilter;
 
+/// Standard error that never fails: what cannot be written (stderr closed, as in
+/// `rallypoint run 2>&1 | head -3`, or full) is dropped, so logging can neither stop
+/// nor crash the daemon.
+struct Stderr;
+
+impl Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 /// Logs to stderr in `format`, at the level from `RUST_LOG` (default `info`).
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| Stderr)
+        // Its own errors would go to stderr with `eprintln!`, which panics when stderr
+        // is closed.
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder.json().init(),
@@ -28,7 +48,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("rallypoint: cannot start the async runtime: {e}");
+            let _ = writeln!(Stderr, "rallypoint: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -44,7 +64,11 @@ async fn command() -> ExitCode {
     let args = cli::Cli::parse();
     let result: anyhow::Result<()> = match args.command {
         cli::Command::Run(run) => run_daemon(run).await,
-        cli::Command::CheckConfig(c) => cli::check_config(&c, &mut std::io::stdout()),
+        cli::Command::CheckConfig(c) => {
+            // Warnings about the configuration (a cookie file others can read) to stderr.
+            init_logging(LogFormat::Text);
+            cli::check_config(&c, &mut std::io::stdout())
+        }
         cli::Command::Members(m) => {
             init_logging(LogFormat::Text);
             cli::members(&m, &mut std::io::stdout())
@@ -61,7 +85,7 @@ async fn command() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rallypoint: {e:#}");
+            let _ = writeln!(Stderr, "rallypoint: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -81,7 +105,7 @@ async fn run_daemon(run: cli::RunArgs) -> anyhow::Result<()> {
     let config = tokio::select! {
         loaded = load => loaded??,
         () = &mut shutdown => {
-            eprintln!("rallypoint: stopped by a signal before the node was up");
+            let _ = writeln!(Stderr, "rallypoint: stopped by a signal before the node was up");
             return Ok(());
         }
     };
