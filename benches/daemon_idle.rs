@@ -92,7 +92,7 @@ fn main() {
             .arg("run")
             .arg("--config")
             .arg(&path)
-            .env("RALLYPOINT_COOKIE", "bench")
+            .env("RALLYPOINT_COOKIE", "daemon-idle-bench-cookie")
             .env("HOME", dir.path())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

@@ -42,7 +42,7 @@ fn start(lab: &Lab, i: usize, interval: Duration) -> Node {
         let cluster = Cluster::builder()
             .name(format!("n{i}@{ip}"))
             .cluster_addr(SocketAddr::from((ip, rallypoint::DEFAULT_CLUSTER_PORT)))
-            .cookie("bench")
+            .cookie("gossip-bench-cookie")
             .topology(
                 "lan",
                 Gossip::new(Config {

@@ -68,7 +68,12 @@ async fn candidate_set(runs: usize) -> Vec<Duration> {
         addr: "10.255.0.1:45893".parse().expect("addr"),
         incarnation: 1,
     };
-    let (ctx, mut handle) = Context::new("k8s", "kubernetes", me, Cookie::new("c"));
+    let (ctx, mut handle) = Context::new(
+        "k8s",
+        "kubernetes",
+        me,
+        Cookie::new("kubernetes-bench-cookie"),
+    );
     let strategy = Kubernetes::from_config(config(kubeconfig, "kubernetes.io/service-name=app"))
         .expect("config");
     let task = tokio::spawn(strategy.run(ctx));
@@ -103,7 +108,7 @@ async fn node(ip: &str, port: u16, kubeconfig: std::path::PathBuf, selector: &st
     Cluster::builder()
         .name(format!("app@{ip}"))
         .cluster_addr(format!("{ip}:{port}").parse().expect("addr"))
-        .cookie("bench")
+        .cookie("kubernetes-bench-cookie")
         .topology_with(
             "k8s",
             Kubernetes::from_config(config(kubeconfig, selector)).expect("config"),

@@ -33,7 +33,7 @@ async fn start(name: String, seed: Option<String>) -> Cluster {
     Cluster::builder()
         .name(name)
         .cluster_addr("127.0.0.1:0".parse().unwrap())
-        .cookie("bench")
+        .cookie("membership-bench-cookie")
         .topology("seed", StaticHosts::new(seed))
         .start()
         .await

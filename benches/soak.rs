@@ -96,7 +96,7 @@ fn main() {
                 i,
                 Spec {
                     name: name_on(&net, i),
-                    cookie: "soak".into(),
+                    cookie: "soak-test-cookie".into(),
                     toml: format!("{TIMING}{}", static_hosts(&net, 0..N)),
                 },
             )

@@ -153,9 +153,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Peer connections, through a recording relay.
     let streams: Streams = Arc::default();
-    let b = node("b@127.0.0.1", "seed cookie", vec![]).await?;
+    let b = node("b@127.0.0.1", "the fuzz seeds' cookie", vec![]).await?;
     let via = relay(b.local().addr, streams.clone()).await?;
-    let a = node("a@127.0.0.1", "seed cookie", vec![via.to_string()]).await?;
+    let a = node(
+        "a@127.0.0.1",
+        "the fuzz seeds' cookie",
+        vec![via.to_string()],
+    )
+    .await?;
     let mut events = b.subscribe();
     while !matches!(
         events.recv().await,
@@ -164,7 +169,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     a.publish("orders", &b"order 42 shipped"[..]).await?;
     b.publish("orders", &b"ack"[..]).await?;
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let stranger = node("c@127.0.0.1", "another cookie", vec![via.to_string()]).await?;
+    let stranger = node(
+        "c@127.0.0.1",
+        "another cluster's cookie",
+        vec![via.to_string()],
+    )
+    .await?;
     tokio::time::sleep(Duration::from_millis(600)).await;
     stranger.shutdown().await;
     a.shutdown().await;
@@ -208,7 +218,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let g = Cluster::builder()
         .name("g@127.0.0.1")
         .cluster_addr("127.0.0.1:0".parse()?)
-        .cookie("seed cookie")
+        .cookie("the fuzz seeds' cookie")
         .topology(
             "lan",
             Gossip::new(gossip::Config {

@@ -98,6 +98,7 @@ REFUSED = [
     ("another strategy", {"rallypoint": {"strategy": "gossip"}}, "not supported by this chart"),
     ("another resource", {"rallypoint": {"kubernetes": {"resource": "services"}}}, "use endpointslices, endpoints or pods"),
     ("a token with a space", {"httpToken": {"value": "two words"}}, "printable ASCII without spaces"),
+    ("a cookie shorter than 16 bytes", {"cookie": {"value": "  fifteen-bytes!!  "}}, "at least 16 bytes"),
     ("a membership key in camelCase", {"rallypoint": {"membership": {"downAfter": "3s"}}}, "snake_case"),
 ]
 

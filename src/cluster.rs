@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::cookie::{Cookie, CookieError, Cookies};
+use crate::cookie::{Cookie, CookieError, CookieSource, Cookies};
 use crate::events::{Bus, Snapshot, Subscription};
 use crate::membership::{self, Stats};
 use crate::node::{NameError, Node, NodeName};
@@ -129,7 +129,9 @@ impl Builder {
         self
     }
 
-    /// The cluster's shared secret. Default: the user's default cookie
+    /// The cluster's shared secret, taken byte for byte: at least
+    /// [`MIN_LEN`](crate::cookie::MIN_LEN) (16) bytes, or [`start`](Self::start) refuses
+    /// it ([`CookieError::TooShort`]). Default: the user's default cookie
     /// ([`Cookie::load_or_create_default`]).
     pub fn cookie(mut self, cookie: impl AsRef<[u8]>) -> Self {
         self.cookie = Some(Cookie::new(cookie));
@@ -137,7 +139,8 @@ impl Builder {
     }
 
     /// Also accepts this cookie from peers, besides the one set by
-    /// [`cookie`](Self::cookie) (which alone is used to dial). Call it once per cookie.
+    /// [`cookie`](Self::cookie) (which alone is used to dial). Call it once per cookie;
+    /// each must be 16 bytes or more, as the cookie.
     /// For a rotation with no downtime: roll out `accept_cookie(new)` everywhere, then
     /// `cookie(new).accept_cookie(old)`, then `cookie(new)` alone.
     pub fn accept_cookie(mut self, cookie: impl AsRef<[u8]>) -> Self {
@@ -190,7 +193,8 @@ impl Builder {
     }
 
     /// Binds the cluster port, starts the strategies and the membership. Must be called
-    /// inside a tokio runtime.
+    /// inside a tokio runtime. A cookie shorter than 16 bytes is refused before anything
+    /// starts.
     pub async fn start(self) -> Result<Cluster, Error> {
         let name: NodeName = self.name.as_deref().ok_or(Error::MissingName)?.parse()?;
         self.membership.validate()?;
@@ -199,6 +203,12 @@ impl Builder {
             if !seen.insert(t.name.clone()) {
                 return Err(Error::DuplicateTopology(t.name.clone()));
             }
+        }
+        if let Some(c) = &self.cookie {
+            c.check(CookieSource::Builder)?;
+        }
+        for c in &self.accepted_cookies {
+            c.check(CookieSource::BuilderAccepted)?;
         }
         let cookie = match self.cookie {
             Some(c) => c,

@@ -4,7 +4,8 @@
 //! 1. a TOML file (`--config FILE`);
 //! 2. environment variables `RALLYPOINT_<KEY>`, nested keys joined by `__`
 //!    (`RALLYPOINT_MEMBERSHIP__DOWN_AFTER=5s`, `RALLYPOINT_TOPOLOGIES__PEERS__STRATEGY=static`);
-//!    an empty variable counts as unset;
+//!    an empty variable counts as unset; the two lists of secrets, `accept_cookies`
+//!    and `accept_cookie_files`, are comma-separated there;
 //! 3. command-line flags ([`Flags`]).
 //!
 //! Every key is checked: an unknown key, a value of the wrong type or out of range, and a
@@ -31,7 +32,7 @@ use serde::de::DeserializeOwned;
 use serde::{Serialize, Serializer};
 
 use crate::cluster::{Builder, TopologyOptions};
-use crate::cookie::{Cookie, CookieError};
+use crate::cookie::{self, Cookie, CookieError};
 use crate::membership;
 use crate::node::NodeName;
 use crate::strategies::static_hosts::{self, StaticHosts};
@@ -49,6 +50,8 @@ pub const KEYS: &[&str] = &[
     "event_history",
     "cookie_file",
     "cookie",
+    "accept_cookies",
+    "accept_cookie_files",
     "http_token",
     "log_format",
     "membership",
@@ -90,14 +93,24 @@ pub struct Config {
     /// with `Last-Event-ID`. Default 1024; 0 keeps none (a reconnecting client always
     /// gets a snapshot).
     pub event_history: usize,
-    /// A file holding the cluster's cookie (white space around it is ignored).
+    /// A file holding the cluster's cookie (white space around it is ignored, see
+    /// [`cookie::trim`]; at least 16 bytes; read as [`Cookie::from_file`] says).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cookie_file: Option<PathBuf>,
-    /// The cookie itself (usually from `RALLYPOINT_COOKIE`). At most one of `cookie` and
-    /// `cookie_file` is set; with neither, the user's default cookie is used
-    /// ([`Cookie::load_or_create_default`]).
+    /// The cookie itself (usually from `RALLYPOINT_COOKIE`), at least 16 bytes once
+    /// trimmed. At most one of `cookie` and `cookie_file` is set; with neither, the
+    /// user's default cookie is used ([`Cookie::load_or_create_default`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cookie: Option<Secret>,
+    /// More cookies accepted from peers, never used to dial (a rotation: see the
+    /// README's "Rotating the cookie"); each as `cookie`. In the environment
+    /// (`RALLYPOINT_ACCEPT_COOKIES`), comma-separated. Default: none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub accept_cookies: Vec<Secret>,
+    /// Files each holding a cookie accepted from peers, as `accept_cookies`; each read as
+    /// `cookie_file`. In the environment, comma-separated. Default: none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub accept_cookie_files: Vec<PathBuf>,
     /// A bearer token the HTTP API requires on every route but `/healthz` and
     /// `/readyz` (usually from `RALLYPOINT_HTTP_TOKEN`). Default: none, no token.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -592,6 +605,8 @@ impl Config {
         let mut event_history = DEFAULT_EVENT_HISTORY;
         let mut cookie_file: Option<(PathBuf, Option<String>)> = None;
         let mut cookie: Option<(Secret, Option<String>)> = None;
+        let mut accept_cookies = Vec::new();
+        let mut accept_cookie_files = Vec::new();
         let mut http_token = None;
         let mut log_format = LogFormat::default();
         let mut membership = membership::Config::default();
@@ -611,15 +626,27 @@ impl Config {
                 "cookie" => {
                     let origin = value.origin().map(str::to_owned);
                     let secret: String = deserialize(&key, value)?;
-                    if secret.trim().is_empty() {
-                        return Err(ConfigError::BadValue {
-                            key,
-                            value: "\"\"".into(),
-                            origin,
-                            expected: "a non-empty secret".into(),
-                        });
-                    }
+                    check_cookie(&key, &key, &secret, origin.as_deref())?;
                     cookie = Some((Secret(secret), origin));
+                }
+                "accept_cookies" => {
+                    for (i, (secret, origin)) in list(&key, value, true)?.into_iter().enumerate() {
+                        check_cookie(&format!("{key}[{i}]"), &key, &secret, origin.as_deref())?;
+                        accept_cookies.push(Secret(secret));
+                    }
+                }
+                "accept_cookie_files" => {
+                    for (i, (path, origin)) in list(&key, value, false)?.into_iter().enumerate() {
+                        if path.is_empty() {
+                            return Err(ConfigError::BadValue {
+                                key: format!("{key}[{i}]"),
+                                value: "\"\"".into(),
+                                origin,
+                                expected: "the path of a file holding a cookie".into(),
+                            });
+                        }
+                        accept_cookie_files.push(PathBuf::from(path));
+                    }
                 }
                 "log_format" => log_format = deserialize(&key, value)?,
                 "http_token" => {
@@ -682,6 +709,8 @@ impl Config {
             event_history,
             cookie_file: cookie_file.map(|(p, _)| p),
             cookie: cookie.map(|(s, _)| s),
+            accept_cookies,
+            accept_cookie_files,
             http_token,
             log_format,
             membership,
@@ -695,8 +724,116 @@ impl Config {
         if let Some(path) = &self.cookie_file {
             return Ok(Some(Cookie::from_file(path)?));
         }
-        Ok(self.cookie.as_ref().map(|s| Cookie::new(s.0.trim())))
+        Ok(self
+            .cookie
+            .as_ref()
+            .map(|s| Cookie::new(cookie::trim(s.0.as_bytes()))))
     }
+
+    /// The cookies accepted from peers besides the cookie: `accept_cookies`, then those
+    /// read from `accept_cookie_files` (read and checked as `cookie_file` is). Empty when
+    /// neither is set.
+    pub fn load_accepted_cookies(&self) -> Result<Vec<Cookie>, ConfigError> {
+        let mut out: Vec<Cookie> = self
+            .accept_cookies
+            .iter()
+            .map(|s| Cookie::new(cookie::trim(s.0.as_bytes())))
+            .collect();
+        for path in &self.accept_cookie_files {
+            out.push(Cookie::from_file(path)?);
+        }
+        Ok(out)
+    }
+}
+
+/// Refuses a cookie set in the configuration (`key`, an item of the top-level key
+/// `base`) that is shorter than [`cookie::MIN_LEN`] bytes once [`cookie::trim`]med,
+/// with how to make a good one.
+fn check_cookie(
+    key: &str,
+    base: &str,
+    secret: &str,
+    origin: Option<&str>,
+) -> Result<(), ConfigError> {
+    let len = cookie::trim(secret.as_bytes()).len();
+    if len >= cookie::MIN_LEN {
+        return Ok(());
+    }
+    let how = if origin == Some("the environment") {
+        format!(
+            "`export {ENV_PREFIX}_{}=\"$({})\"`",
+            base.to_uppercase(),
+            cookie::MAKE_ONE
+        )
+    } else {
+        format!("`{}` and set `{base}` to its output", cookie::MAKE_ONE)
+    };
+    Err(ConfigError::BadValue {
+        key: key.to_owned(),
+        value: format!("<redacted: {}>", cookie::bytes(len)),
+        origin: origin.map(str::to_owned),
+        expected: format!(
+            "a cookie of at least {} bytes (white space around it aside); make one with {how}",
+            cookie::MIN_LEN
+        ),
+    })
+}
+
+/// A list of strings, each with its origin: a list in a file; in the environment, where a
+/// variable holds one string, comma-separated items with white space around each
+/// removed. (Not the config crate's own list parsing: it needs `try_parsing`, which
+/// would turn every variable that looks like a number, a cookie of digits too, into
+/// one.) A `secret` list's values are never shown in errors.
+fn list(
+    key: &str,
+    value: Value,
+    secret: bool,
+) -> Result<Vec<(String, Option<String>)>, ConfigError> {
+    let origin = first_origin(&value);
+    if let ValueKind::String(s) = &value.kind
+        && origin.as_deref() == Some("the environment")
+    {
+        return Ok(s
+            .split(',')
+            .map(|item| (item.trim().to_owned(), origin.clone()))
+            .collect());
+    }
+    let items: Vec<Value> = match value.kind {
+        ValueKind::Array(items) => items,
+        other => {
+            return Err(ConfigError::BadValue {
+                key: key.to_owned(),
+                value: if secret {
+                    "<redacted>".into()
+                } else {
+                    show(&Value::new(origin.as_ref(), other))
+                },
+                origin,
+                expected: "a list, such as [\"a\", \"b\"]".into(),
+            });
+        }
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let origin = first_origin(&item).or_else(|| origin.clone());
+            let item_key = format!("{key}[{i}]");
+            match &item.kind {
+                ValueKind::String(s) => Ok((s.clone(), origin)),
+                _ => Err(ConfigError::BadValue {
+                    value: if secret {
+                        "<redacted>".into()
+                    } else {
+                        show(&item)
+                    },
+                    key: item_key,
+                    origin,
+                    expected: "a string".into(),
+                }),
+            }
+        })
+        .collect()
 }
 
 /// The layer a value came from, by its origin: flags (none) above the environment above

@@ -1,9 +1,25 @@
 //! The cluster's shared secret (the cookie).
+//!
+//! Wherever a cookie comes from, the same rules hold:
+//!
+//! - **Length**: at least [`MIN_LEN`] (16) bytes. A shorter cookie is refused where it
+//!   enters: [`Cookie::from_file`], the daemon's `cookie` and `accept_cookies` keys, and
+//!   [`Builder::start`](crate::cluster::Builder::start) for the cookies given to the
+//!   builder. [`MAKE_ONE`] says how to make a good one.
+//! - **Trimming** ([`trim`]): white space around a configured cookie is not part of it,
+//!   whether it is read from a file or from the configuration (`RALLYPOINT_COOKIE`), so
+//!   the same secret written either way is the same cookie. A cookie given to the
+//!   library's builder is taken byte for byte.
+//! - **Files** ([`Cookie::from_file`]) are read with a bound: a regular file of at most
+//!   [`MAX_FILE_LEN`] bytes; a device, a FIFO, a directory or a larger file is refused at
+//!   once, before anything is read from it. A file that its group or other users may read
+//!   or write is used, with a warning (once per file) that names the fix.
 
 use std::fmt;
-use std::io::Write;
+use std::fs::Metadata;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rand::RngCore;
 
@@ -13,7 +29,60 @@ use rand::RngCore;
 #[derive(Clone, PartialEq, Eq)]
 pub struct Cookie(Arc<[u8]>);
 
-/// Why a cookie could not be loaded or created.
+/// The fewest bytes a cookie may have (after [`trim`], for a configured one).
+pub const MIN_LEN: usize = 16;
+
+/// The most bytes a cookie file may hold, white space included. A cookie is a short
+/// secret; a larger file is the wrong file.
+pub const MAX_FILE_LEN: usize = 4096;
+
+/// A command that makes a good cookie (32 random bytes, base64: 44 characters).
+pub const MAKE_ONE: &str = "head -c 32 /dev/urandom | base64";
+
+/// Where a cookie came from, for errors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CookieSource {
+    /// A cookie file.
+    File(PathBuf),
+    /// The cookie given to [`Builder::cookie`](crate::cluster::Builder::cookie).
+    Builder,
+    /// A cookie given to [`Builder::accept_cookie`](crate::cluster::Builder::accept_cookie).
+    BuilderAccepted,
+}
+
+impl CookieSource {
+    /// How to make a cookie that is long enough, for this source.
+    fn how_to(&self) -> String {
+        match self {
+            CookieSource::File(path) => {
+                let p = path.display();
+                format!("make one with `{MAKE_ONE} > {p}` and `chmod 600 {p}`")
+            }
+            CookieSource::Builder | CookieSource::BuilderAccepted => {
+                format!("use {MIN_LEN} or more random bytes (`{MAKE_ONE}` makes a good one)")
+            }
+        }
+    }
+}
+
+impl fmt::Display for CookieSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CookieSource::File(path) => write!(f, "the cookie in {}", path.display()),
+            CookieSource::Builder => f.write_str("the cookie given to `Builder::cookie`"),
+            CookieSource::BuilderAccepted => {
+                f.write_str("a cookie given to `Builder::accept_cookie`")
+            }
+        }
+    }
+}
+
+/// `1 byte`, `3 bytes`.
+pub(crate) fn bytes(n: usize) -> String {
+    format!("{n} byte{}", if n == 1 { "" } else { "s" })
+}
+
+/// Why a cookie could not be loaded or created. Nothing is changed by a failed load.
 #[derive(Debug, thiserror::Error)]
 pub enum CookieError {
     /// The cookie is empty (after trimming white space from a file's contents).
@@ -34,12 +103,84 @@ pub enum CookieError {
     /// The user has no config directory to keep a default cookie in.
     #[error("no config directory to keep the default cookie in (set a cookie explicitly)")]
     NoConfigDir,
+    /// The cookie is shorter than [`MIN_LEN`] bytes: it would be guessed.
+    #[error(
+        "{origin} is {}, shorter than the {} bytes a cookie needs; {}",
+        bytes(*.len),
+        MIN_LEN,
+        .origin.how_to()
+    )]
+    TooShort {
+        /// Its length in bytes (after trimming, for a configured cookie).
+        len: usize,
+        /// Where it came from.
+        origin: CookieSource,
+    },
+    /// The cookie file is not a regular file (a device such as `/dev/zero`, a FIFO, a
+    /// directory, a socket); nothing was read from it.
+    #[error("the cookie file {} is {kind}, not a regular file", .path.display())]
+    NotAFile {
+        /// The file.
+        path: PathBuf,
+        /// What it is: `a character device`, `a FIFO`, `a directory`, …
+        kind: &'static str,
+    },
+    /// The cookie file holds more than [`MAX_FILE_LEN`] bytes; it was not read (or not
+    /// past the limit).
+    #[error(
+        "the cookie file {} holds {}, more than the {} bytes a cookie file may hold \
+         (is it the right file?)",
+        .path.display(),
+        bytes(*.len as usize),
+        MAX_FILE_LEN
+    )]
+    FileTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size (or how much of it was read before giving up).
+        len: u64,
+    },
+}
+
+/// Removes white space from both ends of a configured cookie: the one rule for a cookie
+/// file and for a cookie set in the configuration (`cookie`, `RALLYPOINT_COOKIE`,
+/// `accept_cookies`), so the same secret written either way is the same cookie.
+///
+/// White space is what [`char::is_whitespace`] says (Unicode's `White_Space`: tab, line
+/// feed, vertical tab, form feed, carriage return, space, and U+0085, U+00A0, U+1680,
+/// U+2000–U+200A, U+2028, U+2029, U+202F, U+205F, U+3000). A cookie that is not UTF-8
+/// (only a file can hold one) has no characters to judge: it loses the ASCII ones only
+/// (tab, line feed, vertical tab, form feed, carriage return, space). Nothing inside the
+/// cookie changes.
+pub fn trim(raw: &[u8]) -> &[u8] {
+    match std::str::from_utf8(raw) {
+        Ok(text) => text.trim().as_bytes(),
+        Err(_) => {
+            let space = |b: &u8| matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ');
+            let start = raw.iter().position(|b| !space(b)).unwrap_or(raw.len());
+            let end = raw.iter().rposition(|b| !space(b)).map_or(start, |i| i + 1);
+            &raw[start..end]
+        }
+    }
 }
 
 impl Cookie {
-    /// A cookie from the given bytes.
+    /// A cookie from the given bytes, as they are (not trimmed, not checked: see
+    /// [`Cookie::check`]).
     pub fn new(secret: impl AsRef<[u8]>) -> Self {
         Cookie(Arc::from(secret.as_ref()))
+    }
+
+    /// Refuses a cookie shorter than [`MIN_LEN`] bytes, saying where it came from and
+    /// how to make a good one.
+    pub fn check(&self, origin: CookieSource) -> Result<(), CookieError> {
+        if self.0.len() < MIN_LEN {
+            return Err(CookieError::TooShort {
+                len: self.0.len(),
+                origin,
+            });
+        }
+        Ok(())
     }
 
     /// The secret bytes.
@@ -47,19 +188,23 @@ impl Cookie {
         &self.0
     }
 
-    /// Reads a cookie from a file: its contents with surrounding white space trimmed.
+    /// Reads a cookie from a file: its contents, [`trim`]med, at least [`MIN_LEN`]
+    /// bytes. The file must be a regular file of at most [`MAX_FILE_LEN`] bytes: anything
+    /// else is refused before it is read. A file that its group or other users may read
+    /// or write is used, with a warning naming the fix (`chmod 600 FILE`), once per file
+    /// in a process.
     pub fn from_file(path: &Path) -> Result<Self, CookieError> {
-        let raw = std::fs::read(path).map_err(|source| CookieError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        let trimmed = raw.trim_ascii();
+        let (raw, meta) = read_bounded(path)?;
+        let trimmed = trim(&raw);
         if trimmed.is_empty() {
             return Err(CookieError::Empty {
                 path: path.to_owned(),
             });
         }
-        Ok(Cookie::new(trimmed))
+        let cookie = Cookie::new(trimmed);
+        cookie.check(CookieSource::File(path.to_owned()))?;
+        warn_if_exposed(path, &meta);
+        Ok(cookie)
     }
 
     /// Where the default cookie lives: `<config dir>/rallypoint/cookie`
@@ -124,6 +269,111 @@ impl Cookie {
     }
 }
 
+/// Reads a cookie file, refusing anything but a regular file of at most
+/// [`MAX_FILE_LEN`] bytes. Returns the bytes and the metadata of the file read.
+fn read_bounded(path: &Path) -> Result<(Vec<u8>, Metadata), CookieError> {
+    let io = |source| CookieError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    // Look before opening: opening a FIFO waits for a writer, and a device such as
+    // /dev/zero never ends.
+    check_file(path, &std::fs::metadata(path).map_err(io)?)?;
+    let file = std::fs::File::open(path).map_err(io)?;
+    // What was opened, which may have been replaced in between.
+    let meta = file.metadata().map_err(io)?;
+    check_file(path, &meta)?;
+    let limit = MAX_FILE_LEN as u64;
+    let mut raw = Vec::with_capacity(meta.len().min(limit) as usize + 1);
+    // One byte more than allowed, to tell a file that grew past the limit.
+    file.take(limit + 1).read_to_end(&mut raw).map_err(io)?;
+    if raw.len() > MAX_FILE_LEN {
+        return Err(CookieError::FileTooLarge {
+            path: path.to_owned(),
+            len: meta.len().max(raw.len() as u64),
+        });
+    }
+    Ok((raw, meta))
+}
+
+/// Refuses what is not a regular file, or one larger than [`MAX_FILE_LEN`].
+fn check_file(path: &Path, meta: &Metadata) -> Result<(), CookieError> {
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        return Err(CookieError::NotAFile {
+            path: path.to_owned(),
+            kind: describe(&kind),
+        });
+    }
+    if meta.len() > MAX_FILE_LEN as u64 {
+        return Err(CookieError::FileTooLarge {
+            path: path.to_owned(),
+            len: meta.len(),
+        });
+    }
+    Ok(())
+}
+
+/// What a file that is not a regular file is, in words.
+fn describe(kind: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_char_device() {
+            return "a character device";
+        }
+        if kind.is_block_device() {
+            return "a block device";
+        }
+        if kind.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+    }
+    if kind.is_dir() {
+        return "a directory";
+    }
+    "not a regular file"
+}
+
+/// Whether a file's mode lets its group or other users read, write or run it.
+fn mode_is_exposed(mode: u32) -> bool {
+    mode & 0o077 != 0
+}
+
+/// The cookie files warned about already: each is warned about once per process.
+static WARNED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Warns (once per file) when the cookie file is open to its group or to others.
+fn warn_if_exposed(path: &Path, meta: &Metadata) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode();
+        if !mode_is_exposed(mode) {
+            return;
+        }
+        let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+        if warned.iter().any(|p| p == path) {
+            return;
+        }
+        warned.push(path.to_owned());
+        tracing::warn!(
+            path = %path.display(),
+            mode = %format_args!("{:04o}", mode & 0o7777),
+            "the cookie file {} can be read or written by its group or by other users \
+             (mode {:04o}): run `chmod 600 {}`",
+            path.display(),
+            mode & 0o7777,
+            path.display(),
+        );
+    }
+    #[cfg(not(unix))]
+    let _ = (path, meta, &WARNED);
+}
+
 /// The cookies a node holds: the first (the primary) is used to dial and to send, any of
 /// them is accepted from a peer. Holding two lets a cluster move to a new cookie with no
 /// downtime: first every node accepts the new one, then every node dials with it, then
@@ -166,49 +416,4 @@ impl fmt::Debug for Cookie {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn default_cookie_is_created_once_with_mode_0600() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub").join("cookie");
-        let a = Cookie::load_or_create(&path).unwrap();
-        let b = Cookie::load_or_create(&path).unwrap();
-        assert_eq!(a, b);
-        assert_eq!(a.as_bytes().len(), 64);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
-        }
-        assert_eq!(format!("{a:?}"), "Cookie(<redacted>)");
-    }
-
-    #[test]
-    fn nodes_starting_at_once_agree_on_one_cookie() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("cookie");
-        let cookies: Vec<Cookie> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..8)
-                .map(|_| s.spawn(|| Cookie::load_or_create(&path).unwrap()))
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        assert!(cookies.iter().all(|c| *c == cookies[0]));
-        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
-        assert_eq!(leftovers, 1, "temporary files removed");
-    }
-
-    #[test]
-    fn empty_cookie_file_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("cookie");
-        std::fs::write(&path, "  \n").unwrap();
-        assert!(matches!(
-            Cookie::from_file(&path),
-            Err(CookieError::Empty { .. })
-        ));
-    }
-}
+mod tests;

@@ -11,7 +11,7 @@
 //! let cluster = Cluster::builder()
 //!     .name("app@10.0.0.5")
 //!     .cluster_addr("0.0.0.0:45893".parse()?)
-//!     .cookie("a shared secret")
+//!     .cookie("a shared secret, 16+ bytes")
 //!     .topology("peers", StaticHosts::new(["10.0.0.6:45893", "node3:45893"]))
 //!     .start()
 //!     .await?;
@@ -41,14 +41,14 @@
 //! let a = Cluster::builder()
 //!     .name("a@127.0.0.1")
 //!     .cluster_addr("127.0.0.1:0".parse()?)
-//!     .cookie("doc")
+//!     .cookie("the doc example's cookie")
 //!     .start()
 //!     .await?;
 //! let mut events = a.subscribe();
 //! let b = Cluster::builder()
 //!     .name("b@127.0.0.1")
 //!     .cluster_addr("127.0.0.1:0".parse()?)
-//!     .cookie("doc")
+//!     .cookie("the doc example's cookie")
 //!     .topology("seed", StaticHosts::new([a.local().addr.to_string()]))
 //!     .start()
 //!     .await?;

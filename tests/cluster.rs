@@ -10,6 +10,8 @@ use rallypoint::{Cluster, DownReason, Event, Update};
 use tokio::io::AsyncWriteExt;
 
 const DEADLINE: Duration = Duration::from_secs(20);
+/// The cookie of the test clusters.
+const COOKIE: &str = "the test cluster's cookie";
 
 fn fast() -> Config {
     Config {
@@ -87,10 +89,10 @@ async fn next_event(sub: &mut rallypoint::Subscription) -> Event {
 
 #[tokio::test]
 async fn transitive_full_mesh_and_graceful_leave() {
-    let a = node("a", "k", vec![]).await;
+    let a = node("a", COOKIE, vec![]).await;
     let a_addr = a.local().addr.to_string();
-    let b = node("b", "k", vec![a_addr.clone()]).await;
-    let c = node("c", "k", vec![a_addr]).await;
+    let b = node("b", COOKIE, vec![a_addr.clone()]).await;
+    let c = node("c", COOKIE, vec![a_addr]).await;
     wait_members(&a, &["b", "c"]).await;
     wait_members(&b, &["a", "c"]).await;
     wait_members(&c, &["a", "b"]).await;
@@ -113,9 +115,14 @@ async fn transitive_full_mesh_and_graceful_leave() {
 
 #[tokio::test]
 async fn wrong_cookie_never_joins() {
-    let a = node("a", "k", vec![]).await;
-    let x = node("x", "other", vec![a.local().addr.to_string()]).await;
-    let b = node("b", "k", vec![a.local().addr.to_string()]).await;
+    let a = node("a", COOKIE, vec![]).await;
+    let x = node(
+        "x",
+        "another-cluster-cookie",
+        vec![a.local().addr.to_string()],
+    )
+    .await;
+    let b = node("b", COOKIE, vec![a.local().addr.to_string()]).await;
     wait_members(&a, &["b"]).await;
     // Wait until a has refused x at least twice (x retries with backoff).
     wait_stat(&a, |s| {
@@ -135,9 +142,9 @@ async fn wrong_cookie_never_joins() {
 
 #[tokio::test]
 async fn a_dropped_node_is_down_and_its_restart_is_a_new_incarnation() {
-    let a = node("a", "k", vec![]).await;
+    let a = node("a", COOKIE, vec![]).await;
     let a_addr = a.local().addr.to_string();
-    let b = node("b", "k", vec![a_addr.clone()]).await;
+    let b = node("b", COOKIE, vec![a_addr.clone()]).await;
     wait_members(&a, &["b"]).await;
     let mut sa = a.subscribe();
     let b_addr = b.local().addr;
@@ -153,7 +160,7 @@ async fn a_dropped_node_is_down_and_its_restart_is_a_new_incarnation() {
     let b2 = Cluster::builder()
         .name("b@127.0.0.1")
         .cluster_addr(b_addr)
-        .cookie("k")
+        .cookie(COOKIE)
         .membership(fast())
         .topology("peers", StaticHosts::new([a_addr]))
         .start()
@@ -172,8 +179,8 @@ async fn a_dropped_node_is_down_and_its_restart_is_a_new_incarnation() {
 
 #[tokio::test]
 async fn garbage_on_the_cluster_port_disturbs_nothing() {
-    let a = node("a", "k", vec![]).await;
-    let b = node("b", "k", vec![a.local().addr.to_string()]).await;
+    let a = node("a", COOKIE, vec![]).await;
+    let b = node("b", COOKIE, vec![a.local().addr.to_string()]).await;
     wait_members(&a, &["b"]).await;
     let mut sa = a.subscribe();
     let addr = a.local().addr;
@@ -220,9 +227,9 @@ async fn garbage_on_the_cluster_port_disturbs_nothing() {
 
 #[tokio::test]
 async fn pubsub_reaches_every_member_and_one_member() {
-    let a = node("a", "k", vec![]).await;
-    let b = node("b", "k", vec![a.local().addr.to_string()]).await;
-    let c = node("c", "k", vec![a.local().addr.to_string()]).await;
+    let a = node("a", COOKIE, vec![]).await;
+    let b = node("b", COOKIE, vec![a.local().addr.to_string()]).await;
+    let c = node("c", COOKIE, vec![a.local().addr.to_string()]).await;
     wait_members(&a, &["b", "c"]).await;
     let mut tb = b.topic("news");
     let mut tc = c.topic("news");
@@ -267,8 +274,8 @@ async fn pubsub_reaches_every_member_and_one_member() {
 
 #[tokio::test]
 async fn a_message_too_large_for_a_frame_is_refused_and_cuts_nothing() {
-    let a = node("a", "k", vec![]).await;
-    let b = node("b", "k", vec![a.local().addr.to_string()]).await;
+    let a = node("a", COOKIE, vec![]).await;
+    let b = node("b", COOKIE, vec![a.local().addr.to_string()]).await;
     wait_members(&a, &["b"]).await;
     let mut sa = a.subscribe();
     let huge = vec![0u8; 2 << 20];
@@ -296,4 +303,44 @@ async fn a_message_too_large_for_a_frame_is_refused_and_cuts_nothing() {
     );
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_cookie_shorter_than_16_bytes_is_refused_at_start() {
+    use rallypoint::cookie::{CookieError, CookieSource};
+    let builder = || {
+        Cluster::builder()
+            .name("a@127.0.0.1")
+            .cluster_addr("127.0.0.1:0".parse().unwrap())
+    };
+    match builder().cookie("short").start().await {
+        Err(rallypoint::Error::Cookie(
+            e @ CookieError::TooShort {
+                len: 5,
+                origin: CookieSource::Builder,
+            },
+        )) => {
+            let text = e.to_string();
+            assert!(text.contains("`Builder::cookie`"), "{text}");
+            assert!(text.contains("head -c 32 /dev/urandom | base64"), "{text}");
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("a 5-byte cookie was accepted"),
+    }
+    match builder().cookie(COOKIE).accept_cookie("x").start().await {
+        Err(rallypoint::Error::Cookie(CookieError::TooShort {
+            len: 1,
+            origin: CookieSource::BuilderAccepted,
+        })) => {}
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("a 1-byte accepted cookie was accepted"),
+    }
+    // 16 bytes, taken as they are (no trimming in the library).
+    let a = builder()
+        .cookie(" 14 bytes, then ")
+        .accept_cookie([0u8; 16])
+        .start()
+        .await
+        .expect("16 bytes are enough");
+    a.shutdown().await;
 }

@@ -417,7 +417,7 @@ async fn a_node_with_the_wrong_cookie_never_appears_and_is_refused_on_both_sides
 
     let intruder = Daemon::start(
         Spec::new("mallory")
-            .cookie("wrong-cookie")
+            .cookie("wrong-cookie-of-mallory")
             .peers(&[&sa, &sb]),
     )
     .await;
@@ -769,7 +769,12 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
     let mut w = a.watch().await;
     w.wait_members(&[b.name(), c.name()], FORM).await;
     let sa = a.spec.clone();
-    let intruder = Daemon::start(Spec::new("mallory").cookie("wrong-cookie").peers(&[&sa])).await;
+    let intruder = Daemon::start(
+        Spec::new("mallory")
+            .cookie("wrong-cookie-of-mallory")
+            .peers(&[&sa]),
+    )
+    .await;
     refused_a_cookie(&a, intruder.name()).await;
 
     let m = scrape(&a).await;
@@ -921,7 +926,7 @@ fn check_config_prints_the_effective_configuration_redacted_or_names_the_bad_key
             "127.0.0.1:9999",
         ],
         &[
-            ("RALLYPOINT_COOKIE", "cookie-s3cret"),
+            ("RALLYPOINT_COOKIE", "cookie-s3cret-for-check-config"),
             ("RALLYPOINT_NAME", "env@127.0.0.1"),
         ],
     );
@@ -1135,7 +1140,7 @@ async fn a_peer_that_stops_reading_gets_its_messages_shed_and_its_connection_cut
     let a = Cluster::builder()
         .name("a@127.0.0.1")
         .cluster_addr("127.0.0.1:0".parse().unwrap())
-        .cookie("test-cookie")
+        .cookie(b.spec.cookie.as_str())
         .membership(rallypoint::membership::Config {
             heartbeat_interval: Duration::from_millis(100),
             down_after: Duration::from_secs(1),

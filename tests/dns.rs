@@ -38,7 +38,7 @@ impl Running {
             addr: SocketAddr::new(ip("127.0.0.1"), PORT),
             incarnation: 1,
         };
-        let (ctx, handle) = Context::new("dns", "dns", me, Cookie::new("test"));
+        let (ctx, handle) = Context::new("dns", "dns", me, Cookie::new("dns-strategy-test-cookie"));
         Running {
             handle,
             task: Some(tokio::spawn(dns.run(ctx))),
@@ -440,7 +440,7 @@ async fn dns_node(n: u8, port: u16, server: &DnsServer) -> Cluster {
     Cluster::builder()
         .name(format!("app@{ip}"))
         .cluster_addr(SocketAddr::new(self::ip(&ip), port))
-        .cookie("dns-e2e")
+        .cookie("dns-end-to-end-cookie")
         .membership(membership::Config {
             heartbeat_interval: Duration::from_millis(100),
             down_after: Duration::from_millis(800),

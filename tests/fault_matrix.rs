@@ -54,7 +54,7 @@ use switch::{Link, Net};
 const FORM: Duration = Duration::from_secs(60);
 /// How long a failure may take to show.
 const DETECT: Duration = Duration::from_secs(30);
-const COOKIE: &str = "fault-matrix";
+const COOKIE: &str = "fault-matrix-cookie";
 
 /// One test at a time.
 fn serial() -> MutexGuard<'static, ()> {
@@ -704,7 +704,7 @@ fn a_foreign_cluster_never_joins_and_is_counted() {
                     cookie: if i < 3 {
                         COOKIE.into()
                     } else {
-                        "another cookie".into()
+                        "another cluster's cookie".into()
                     },
                     toml: FAST.into(),
                 },

@@ -22,6 +22,8 @@ use rallypoint::strategies::gossip::{Config, Gossip};
 use rallypoint::{Cluster, DownReason, Event, Node, Update};
 
 const DEADLINE: Duration = Duration::from_secs(30);
+/// The cookie of the test nodes.
+const COOKIE: &str = "the gossip lab's cookie";
 const GROUP: Ipv4Addr = rallypoint::DEFAULT_GOSSIP_GROUP;
 const PORT: u16 = rallypoint::DEFAULT_GOSSIP_PORT;
 
@@ -246,7 +248,7 @@ fn five_nodes_form_a_full_mesh_with_gossip_only() {
     }
     let _serial = one_at_a_time();
     let lab = Lab::new(5).expect("lab");
-    let mut nodes: Vec<NsNode> = (0..5).map(|i| start(&lab, i, "k", gossip())).collect();
+    let mut nodes: Vec<NsNode> = (0..5).map(|i| start(&lab, i, COOKIE, gossip())).collect();
     wait_full_mesh(&mut nodes);
     // Each node's gossip topology sees the four others, by name and cluster address.
     for (i, n) in nodes.iter().enumerate() {
@@ -279,7 +281,7 @@ fn formation_has_no_flaps() {
     let _serial = one_at_a_time();
     for _round in 0..5 {
         let lab = Lab::new(5).expect("lab");
-        let mut nodes: Vec<NsNode> = (0..5).map(|i| start(&lab, i, "k", gossip())).collect();
+        let mut nodes: Vec<NsNode> = (0..5).map(|i| start(&lab, i, COOKIE, gossip())).collect();
         wait_full_mesh(&mut nodes);
         // A flap already under way shows as more than four events.
         for n in nodes.iter_mut() {
@@ -299,7 +301,7 @@ fn a_cut_link_gives_heartbeat_timeout_and_healing_rejoins() {
     }
     let _serial = one_at_a_time();
     let lab = Lab::new(5).expect("lab");
-    let mut nodes: Vec<NsNode> = (0..5).map(|i| start(&lab, i, "k", gossip())).collect();
+    let mut nodes: Vec<NsNode> = (0..5).map(|i| start(&lab, i, COOKIE, gossip())).collect();
     wait_full_mesh(&mut nodes);
     for n in nodes.iter_mut() {
         n.drain();
@@ -348,8 +350,8 @@ fn a_node_with_another_secret_never_joins_and_is_counted() {
     }
     let _serial = one_at_a_time();
     let lab = Lab::new(4).expect("lab");
-    let mut nodes: Vec<NsNode> = (0..3).map(|i| start(&lab, i, "k", gossip())).collect();
-    let mut rogue = start(&lab, 3, "not the cookie", gossip());
+    let mut nodes: Vec<NsNode> = (0..3).map(|i| start(&lab, i, COOKIE, gossip())).collect();
+    let mut rogue = start(&lab, 3, "not the cluster's cookie", gossip());
     wait_full_mesh(&mut nodes);
     // Every member has dropped several of the rogue's heartbeats, and the rogue theirs.
     for n in &nodes {
@@ -413,7 +415,7 @@ fn a_replayed_heartbeat_is_rejected() {
     }
     let _serial = one_at_a_time();
     let lab = Lab::new(4).expect("lab");
-    let mut nodes: Vec<NsNode> = (0..3).map(|i| start(&lab, i, "k", gossip())).collect();
+    let mut nodes: Vec<NsNode> = (0..3).map(|i| start(&lab, i, COOKIE, gossip())).collect();
     wait_full_mesh(&mut nodes);
     // The attacker (host 3) captures heartbeats from the wire: it cannot read them, but
     // the source address says whose they are.
@@ -487,7 +489,7 @@ fn random_bytes_to_the_port_change_nothing() {
     }
     let _serial = one_at_a_time();
     let lab = Lab::new(4).expect("lab");
-    let mut nodes: Vec<NsNode> = (0..3).map(|i| start(&lab, i, "k", gossip())).collect();
+    let mut nodes: Vec<NsNode> = (0..3).map(|i| start(&lab, i, COOKIE, gossip())).collect();
     wait_full_mesh(&mut nodes);
     for n in nodes.iter_mut() {
         n.drain();
@@ -565,7 +567,9 @@ fn ipv6_link_local_group_forms_a_mesh() {
         multicast_if: Some("eth0".into()),
         ..gossip()
     };
-    let mut nodes: Vec<NsNode> = (0..3).map(|i| start(&lab, i, "k", cfg.clone())).collect();
+    let mut nodes: Vec<NsNode> = (0..3)
+        .map(|i| start(&lab, i, COOKIE, cfg.clone()))
+        .collect();
     wait_full_mesh(&mut nodes);
     for n in nodes {
         n.stop();
@@ -584,7 +588,9 @@ fn broadcast_only_forms_a_mesh() {
         broadcast_addr: lab.broadcast(),
         ..gossip()
     };
-    let mut nodes: Vec<NsNode> = (0..3).map(|i| start(&lab, i, "k", cfg.clone())).collect();
+    let mut nodes: Vec<NsNode> = (0..3)
+        .map(|i| start(&lab, i, COOKIE, cfg.clone()))
+        .collect();
     wait_full_mesh(&mut nodes);
     for n in nodes {
         n.stop();
@@ -610,7 +616,7 @@ fn a_host_without_a_multicast_route_is_told_to_set_multicast_if_and_recovers() {
             addr: SocketAddr::from((ip, rallypoint::DEFAULT_CLUSTER_PORT)),
             incarnation: 1,
         };
-        let (ctx, mut handle) = Context::new("lan", "gossip", me, rallypoint::Cookie::new("k"));
+        let (ctx, mut handle) = Context::new("lan", "gossip", me, rallypoint::Cookie::new(COOKIE));
         let task = tokio::spawn(Gossip::new(gossip()).unwrap().run(ctx));
         let forward = async {
             loop {

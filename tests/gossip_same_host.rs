@@ -22,7 +22,7 @@ async fn node(name: &str, port: u16) -> Cluster {
     Cluster::builder()
         .name(format!("{name}@127.0.0.1"))
         .cluster_addr("127.0.0.1:0".parse().unwrap())
-        .cookie("same-host test")
+        .cookie("same-host test cookie")
         .membership(rallypoint::membership::Config {
             heartbeat_interval: Duration::from_millis(100),
             down_after: Duration::from_millis(1000),

@@ -104,7 +104,12 @@ fn start(api: KubeApi, dir: tempfile::TempDir, config: Config) -> Run {
     let strategy = Kubernetes::from_config(config).expect("valid config");
     assert_eq!(strategy.kind(), "kubernetes");
     assert!(strategy.authoritative());
-    let (ctx, handle) = Context::new("k8s", "kubernetes", me(), Cookie::new("c"));
+    let (ctx, handle) = Context::new(
+        "k8s",
+        "kubernetes",
+        me(),
+        Cookie::new("kubernetes-test-cookie"),
+    );
     let task = tokio::spawn(strategy.run(ctx));
     Run {
         api,

@@ -79,7 +79,7 @@ async fn node(ip: &str, port: u16, kubeconfig: std::path::PathBuf) -> Cluster {
     Cluster::builder()
         .name(format!("app@{ip}"))
         .cluster_addr(format!("{ip}:{port}").parse().expect("addr"))
-        .cookie("e2e")
+        .cookie("kubernetes-end-to-end-cookie")
         .membership(MembershipConfig {
             heartbeat_interval: Duration::from_millis(100),
             down_after: Duration::from_millis(800),

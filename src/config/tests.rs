@@ -41,7 +41,7 @@ fn reads_every_key_from_a_file() {
         cluster_addr = "127.0.0.1:7001"
         advertise_addr = "127.0.0.1:7001"
         http_addr = "127.0.0.1:7002"
-        cookie = "  s3cret "
+        cookie = "  s3cret-of-the-cluster "
         [membership]
         heartbeat_interval = "100ms"
         down_after = "1s"
@@ -61,7 +61,10 @@ fn reads_every_key_from_a_file() {
     assert_eq!(c.cluster_addr.port(), 7001);
     assert_eq!(c.advertise_addr.unwrap().port(), 7001);
     assert_eq!(c.http_addr.port(), 7002);
-    assert_eq!(c.load_cookie().unwrap().unwrap(), Cookie::new("s3cret"));
+    assert_eq!(
+        c.load_cookie().unwrap().unwrap(),
+        Cookie::new("s3cret-of-the-cluster")
+    );
     assert_eq!(c.membership.heartbeat_interval, Duration::from_millis(100));
     assert_eq!(c.membership.down_after, Duration::from_secs(1));
     assert_eq!(c.membership.max_frame, 4096);
@@ -136,23 +139,34 @@ fn environment_sets_nested_topology_keys() {
 fn cookie_from_the_higher_layer_wins() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cookie");
-    std::fs::write(&path, "from-file\n").unwrap();
+    std::fs::write(&path, "cookie-from-the-file\n").unwrap();
     let text = format!("cookie_file = {:?}\n", path.display().to_string());
     let c = load(
         &text,
-        &[("RALLYPOINT_COOKIE", "from-env")],
+        &[("RALLYPOINT_COOKIE", "cookie-from-the-environment")],
         &Flags::default(),
     )
     .unwrap();
-    assert_eq!(c.load_cookie().unwrap().unwrap(), Cookie::new("from-env"));
+    assert_eq!(
+        c.load_cookie().unwrap().unwrap(),
+        Cookie::new("cookie-from-the-environment")
+    );
     let flags = Flags {
         cookie_file: Some(path.clone()),
         ..Flags::default()
     };
-    let c = load("", &[("RALLYPOINT_COOKIE", "from-env")], &flags).unwrap();
-    assert_eq!(c.load_cookie().unwrap().unwrap(), Cookie::new("from-file"));
+    let c = load(
+        "",
+        &[("RALLYPOINT_COOKIE", "cookie-from-the-environment")],
+        &flags,
+    )
+    .unwrap();
+    assert_eq!(
+        c.load_cookie().unwrap().unwrap(),
+        Cookie::new("cookie-from-the-file")
+    );
     let both = format!(
-        "cookie = \"x\"\ncookie_file = {:?}\n",
+        "cookie = \"cookie-in-the-same-file\"\ncookie_file = {:?}\n",
         path.display().to_string()
     );
     let err = load(&both, &[], &Flags::default()).unwrap_err().to_string();
@@ -277,7 +291,10 @@ fn bad_values_are_refused_with_key_value_and_expectation() {
     );
 
     let e = refused("cookie = \"  \"\n", &[]);
-    assert!(e.contains("`cookie`") && e.contains("non-empty"), "{e}");
+    assert!(
+        e.contains("`cookie`") && e.contains("at least 16 bytes"),
+        "{e}"
+    );
 
     let e = refused("name = [1, 2\n", &[]);
     assert!(e.contains("cannot load"), "{e}");
@@ -298,7 +315,7 @@ fn a_missing_file_is_refused() {
 #[test]
 fn the_effective_configuration_prints_as_toml_with_the_cookie_redacted() {
     let c = load(
-        "name = \"a@h\"\ncookie = \"s3cret\"\n[topologies.peers]\nstrategy = \"static\"\nhosts = [\"127.0.0.1:5\"]\n",
+        "name = \"a@h\"\ncookie = \"s3cret-of-the-cluster\"\n[topologies.peers]\nstrategy = \"static\"\nhosts = [\"127.0.0.1:5\"]\n",
         &[],
         &Flags::default(),
     )
@@ -485,4 +502,220 @@ fn a_file_key_with_an_index_is_refused_not_allocated() {
         &Flags::default(),
     )
     .expect("a topology name with - and _");
+}
+
+#[test]
+fn a_cookie_shorter_than_16_bytes_is_refused_wherever_it_is_set() {
+    let e = refused("", &[("RALLYPOINT_COOKIE", "x")]);
+    assert!(
+        e.contains("`cookie`") && e.contains("the environment") && e.contains("1 byte"),
+        "{e}"
+    );
+    assert!(e.contains("at least 16 bytes"), "{e}");
+    assert!(
+        e.contains("`export RALLYPOINT_COOKIE=\"$(head -c 32 /dev/urandom | base64)\"`"),
+        "how to make one: {e}"
+    );
+    let e = refused("cookie = \"fifteen-bytes!!\"\n", &[]);
+    assert!(e.contains("`cookie`") && e.contains(".toml"), "{e}");
+    assert!(
+        !e.contains("fifteen-bytes!!"),
+        "the secret is not shown: {e}"
+    );
+    assert!(
+        e.contains("`head -c 32 /dev/urandom | base64` and set `cookie` to its output"),
+        "{e}"
+    );
+    // 16 bytes are enough, white space around them aside.
+    let c = load(
+        "",
+        &[("RALLYPOINT_COOKIE", "\u{3000} sixteen-bytes!!! \n")],
+        &Flags::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.load_cookie().unwrap().unwrap(),
+        Cookie::new("sixteen-bytes!!!")
+    );
+
+    // A cookie file: refused when it is read, with the file's own how-to.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cookie");
+    std::fs::write(&path, "x\n").unwrap();
+    let flags = Flags {
+        cookie_file: Some(path.clone()),
+        ..Flags::default()
+    };
+    let c = load("", &[], &flags).unwrap();
+    let e = c.load_cookie().unwrap_err();
+    assert!(
+        matches!(e, ConfigError::Cookie(CookieError::TooShort { len: 1, .. })),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("base64 >"), "{e}");
+
+    // Accepted cookies too, by their index.
+    let e = refused(
+        "accept_cookies = [\"an-old-cookie-long-enough\", \"short\"]\n",
+        &[],
+    );
+    assert!(e.contains("`accept_cookies[1]`"), "{e}");
+    assert!(!e.contains("short\""), "the secret is not shown: {e}");
+    let e = refused(
+        "",
+        &[("RALLYPOINT_ACCEPT_COOKIES", "an-old-cookie-long-enough,x")],
+    );
+    assert!(
+        e.contains("`accept_cookies[1]`") && e.contains("export RALLYPOINT_ACCEPT_COOKIES="),
+        "{e}"
+    );
+    std::fs::write(&path, "short\n").unwrap();
+    let text = format!("accept_cookie_files = [{:?}]\n", path.display().to_string());
+    let c = load(&text, &[], &Flags::default()).unwrap();
+    assert!(matches!(
+        c.load_accepted_cookies(),
+        Err(ConfigError::Cookie(CookieError::TooShort { len: 5, .. }))
+    ));
+}
+
+#[test]
+fn a_cookie_file_and_the_environment_trim_the_same_white_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cookie");
+    std::fs::write(
+        &path,
+        "\u{3000}\u{a0}\u{b}the-cluster-cookie-1234\u{b}\u{a0}\u{3000}\n",
+    )
+    .unwrap();
+    let from_file = load(
+        &format!("cookie_file = {:?}\n", path.display().to_string()),
+        &[],
+        &Flags::default(),
+    )
+    .unwrap()
+    .load_cookie()
+    .unwrap()
+    .unwrap();
+    let from_env = load(
+        "",
+        &[("RALLYPOINT_COOKIE", "\u{b}the-cluster-cookie-1234\u{3000}")],
+        &Flags::default(),
+    )
+    .unwrap()
+    .load_cookie()
+    .unwrap()
+    .unwrap();
+    let from_key = load(
+        "cookie = \"\u{a0}the-cluster-cookie-1234\u{a0}\"\n",
+        &[],
+        &Flags::default(),
+    )
+    .unwrap()
+    .load_cookie()
+    .unwrap()
+    .unwrap();
+    assert_eq!(from_file, Cookie::new("the-cluster-cookie-1234"));
+    assert_eq!(from_env, from_file);
+    assert_eq!(from_key, from_file);
+    // A cookie of digits stays the string it is (no number parsing of variables).
+    let c = load(
+        "",
+        &[
+            ("RALLYPOINT_COOKIE", "0012345678901234567"),
+            ("RALLYPOINT_ACCEPT_COOKIES", "0098765432109876543"),
+        ],
+        &Flags::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.load_cookie().unwrap().unwrap(),
+        Cookie::new("0012345678901234567")
+    );
+    assert_eq!(
+        c.load_accepted_cookies().unwrap(),
+        vec![Cookie::new("0098765432109876543")]
+    );
+}
+
+#[test]
+fn accepted_cookies_come_from_every_layer_and_are_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p1, p2) = (dir.path().join("old"), dir.path().join("older"));
+    std::fs::write(&p1, "old-cookie-from-a-file\n").unwrap();
+    std::fs::write(&p2, "older-cookie-from-a-file\n").unwrap();
+    let text = format!(
+        "cookie = \"the-new-cookie-of-the-cluster\"\n\
+         accept_cookies = [\"old-cookie-in-the-file\"]\n\
+         accept_cookie_files = [{:?}]\n",
+        p1.display().to_string()
+    );
+    let c = load(&text, &[], &Flags::default()).unwrap();
+    assert_eq!(
+        c.load_accepted_cookies().unwrap(),
+        vec![
+            Cookie::new("old-cookie-in-the-file"),
+            Cookie::new("old-cookie-from-a-file")
+        ]
+    );
+    let printed = toml::to_string(&c).unwrap();
+    assert!(
+        printed.contains("accept_cookies = [\"<redacted>\"]"),
+        "{printed}"
+    );
+    assert!(printed.contains("accept_cookie_files = ["), "{printed}");
+    assert!(!printed.contains("old-cookie-in-the-file"), "{printed}");
+    assert!(!format!("{c:?}").contains("old-cookie-in-the-file"));
+
+    // The environment replaces the file's lists: comma-separated, white space around
+    // each item ignored.
+    let files = format!("{} , {}", p1.display(), p2.display());
+    let c = load(
+        &text,
+        &[
+            (
+                "RALLYPOINT_ACCEPT_COOKIES",
+                "first-accepted-cookie , second-accepted-cookie",
+            ),
+            ("RALLYPOINT_ACCEPT_COOKIE_FILES", &files),
+        ],
+        &Flags::default(),
+    )
+    .unwrap();
+    assert_eq!(c.accept_cookie_files, vec![p1.clone(), p2.clone()]);
+    assert_eq!(
+        c.load_accepted_cookies().unwrap(),
+        vec![
+            Cookie::new("first-accepted-cookie"),
+            Cookie::new("second-accepted-cookie"),
+            Cookie::new("old-cookie-from-a-file"),
+            Cookie::new("older-cookie-from-a-file"),
+        ]
+    );
+
+    // Not a list in the file: refused, the value redacted.
+    let e = refused("accept_cookies = \"a-secret-not-in-a-list\"\n", &[]);
+    assert!(
+        e.contains("`accept_cookies`") && e.contains("a list"),
+        "{e}"
+    );
+    assert!(!e.contains("a-secret-not-in-a-list"), "{e}");
+    let e = refused("accept_cookies = [123]\n", &[]);
+    assert!(
+        e.contains("`accept_cookies[0]`") && !e.contains("123"),
+        "{e}"
+    );
+    let e = refused("", &[("RALLYPOINT_ACCEPT_COOKIE_FILES", "/a,,/b")]);
+    assert!(e.contains("`accept_cookie_files[1]`"), "{e}");
+    // A file that cannot be read is named when the cookies are loaded.
+    let c = load(
+        "accept_cookie_files = [\"/nonexistent/old\"]\n",
+        &[],
+        &Flags::default(),
+    )
+    .unwrap();
+    let e = c.load_accepted_cookies().unwrap_err().to_string();
+    assert!(e.contains("/nonexistent/old"), "{e}");
+    // Neither set: none.
+    let c = load("", &[], &Flags::default()).unwrap();
+    assert!(c.load_accepted_cookies().unwrap().is_empty());
 }

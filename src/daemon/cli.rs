@@ -27,7 +27,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a node: join the cluster and serve the HTTP API until SIGTERM or Ctrl-C.
+    /// Run a node: join the cluster and serve the HTTP API until SIGTERM, SIGINT
+    /// (Ctrl-C) or SIGHUP, then leave gracefully.
     Run(RunArgs),
     /// Check the configuration (file, environment, flags, as `run` would load it) and
     /// print it as TOML with secrets redacted; exit 1 naming the key at fault.
@@ -151,11 +152,12 @@ pub enum CommandError {
 }
 
 /// `rallypoint check-config`: loads the configuration as `run` would (reading the
-/// cookie file, if any) and prints the effective configuration as TOML, secrets
+/// cookie files, if any) and prints the effective configuration as TOML, secrets
 /// redacted.
 pub fn check_config(args: &RunArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let config = args.load()?;
     config.load_cookie()?;
+    config.load_accepted_cookies()?;
     let text = toml::to_string(&config)?;
     write!(out, "{text}")?;
     Ok(())

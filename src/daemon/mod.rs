@@ -8,7 +8,9 @@
 //!
 //! [`run`] is the daemon: it binds the HTTP API, starts the node with the configured
 //! topologies, serves until its shutdown future resolves, then leaves the cluster
-//! gracefully (peers see `left`) within a bounded time.
+//! gracefully (peers see `left`) within a bounded time. [`shutdown_signal`] is that
+//! future for the binary: SIGTERM, SIGINT and SIGHUP all leave gracefully (SIGHUP does
+//! not reload the configuration).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -57,9 +59,26 @@ pub enum Error {
 
 /// Runs the daemon until `shutdown` resolves, then leaves the cluster gracefully. The
 /// HTTP API is bound before the node starts (so a taken port starts nothing); once
-/// both are up, the log line `HTTP API listening` says so.
+/// both are up, the log line `HTTP API listening` says so. When `shutdown` resolves
+/// while the cookie files are still being read, nothing is started and this returns
+/// `Ok(())` at once; later, before the node is up, the node stops as soon as it is.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let cookie = config.load_cookie()?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    // Reading files can block (a slow or hung file system): off the runtime's threads,
+    // and given up on a shutdown request.
+    let files = config.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        Ok::<_, ConfigError>((files.load_cookie()?, files.load_accepted_cookies()?))
+    });
+    let (cookie, accepted) = tokio::select! {
+        read = read => read.map_err(|e| {
+            ConfigError::Load(format!("reading the cookie files stopped: {e}"))
+        })??,
+        () = &mut shutdown => {
+            tracing::info!("asked to stop before the node was up: stopping");
+            return Ok(());
+        }
+    };
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .map_err(|source| Error::HttpBind {
@@ -93,6 +112,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 .unwrap_or_else(|| "(no config directory)".into());
             tracing::info!(%path, "no cookie configured: using this user's default cookie");
         }
+    }
+    if !accepted.is_empty() {
+        tracing::info!(
+            count = accepted.len(),
+            "also accepting other cookies from peers (accept_cookies, accept_cookie_files)"
+        );
+    }
+    for c in &accepted {
+        builder = builder.accept_cookie(c.as_bytes());
     }
     for (name, topology) in &config.topologies {
         tracing::info!(topology = %name, strategy = topology.strategy.kind(), "starting topology");
@@ -152,19 +180,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     result
 }
 
-/// A future that resolves on SIGTERM or SIGINT (Ctrl-C). The handlers are installed
-/// when this is called (so call it before the daemon says it is ready), not when the
-/// future is first polled.
+/// A future that resolves on SIGTERM, SIGINT (Ctrl-C) or SIGHUP: all three mean "leave
+/// the cluster gracefully and stop" (SIGHUP does not reload the configuration; a hang-up
+/// of the terminal stops the daemon as it would stop a foreground program, but
+/// gracefully). The handlers are installed when this is called (so call it first, before
+/// anything slow), not when the future is first polled; from then on these signals no
+/// longer kill the process by themselves, so poll the future from then on too.
 pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let term = signal(SignalKind::terminate());
         let int = signal(SignalKind::interrupt());
+        let hup = signal(SignalKind::hangup());
         async move {
-            let (mut term, mut int) = match (term, int) {
-                (Ok(t), Ok(i)) => (t, i),
-                (Err(e), _) | (_, Err(e)) => {
+            let (mut term, mut int, mut hup) = match (term, int, hup) {
+                (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                     tracing::error!(error = %e, "cannot install signal handlers; stop with SIGKILL");
                     return std::future::pending().await;
                 }
@@ -172,6 +204,7 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM received"),
                 _ = int.recv() => tracing::info!("SIGINT received"),
+                _ = hup.recv() => tracing::info!("SIGHUP received (it does not reload the configuration)"),
             }
         }
     }

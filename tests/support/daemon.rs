@@ -60,7 +60,7 @@ impl Spec {
             name: format!("{basename}@127.0.0.1"),
             cluster_addr: free_addr(),
             http_addr: free_addr(),
-            cookie: "test-cookie".into(),
+            cookie: "test-cookie-of-the-daemons".into(),
             peers: Vec::new(),
             extra_toml: String::new(),
             args: Vec::new(),

@@ -259,8 +259,8 @@ Included by the templates that depend on them.
 {{- end -}}
 {{- if not .Values.cookie.existingSecret -}}
 {{- if .Values.cookie.value -}}
-{{- if not (trim (toString .Values.cookie.value)) -}}
-{{- fail "cookie.value: the cookie must not be blank" -}}
+{{- if lt (len (trim (toString .Values.cookie.value))) 16 -}}
+{{- fail "cookie.value: the cookie must be at least 16 bytes (white space around it aside), or the daemon refuses it; make one with: head -c 32 /dev/urandom | base64" -}}
 {{- end -}}
 {{- else if not .Values.cookie.generate -}}
 {{- fail "no cookie: set cookie.existingSecret (a Secret holding the cluster's cookie under cookie.existingSecretKey) or cookie.value, or set cookie.generate=true to have the chart generate one" -}}
