@@ -26,6 +26,7 @@ pub mod client;
 pub mod http;
 pub mod metrics;
 pub mod sse;
+pub mod timeouts;
 
 /// The longest the daemon waits for the cluster to leave gracefully on shutdown.
 pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
