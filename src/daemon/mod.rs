@@ -23,8 +23,10 @@ use crate::config::{Config, ConfigError};
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod host;
 pub mod http;
 pub mod metrics;
+pub mod rlimit;
 pub mod sse;
 pub mod timeouts;
 
