@@ -26,6 +26,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
+use super::metrics::HttpStats;
 use super::{api, metrics, sse};
 use crate::Cluster;
 
@@ -44,6 +45,8 @@ pub struct AppState {
     pub history: Arc<sse::History>,
     /// The bearer token the API requires, if any.
     pub token: Option<Arc<str>>,
+    /// The HTTP server's counters.
+    pub http_stats: Arc<HttpStats>,
 }
 
 /// The API's routes.
