@@ -18,7 +18,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{Extension, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -27,6 +27,7 @@ use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::HttpStats;
+use super::serve::ConnInfo;
 use super::{api, metrics, sse};
 use crate::Cluster;
 
@@ -47,6 +48,8 @@ pub struct AppState {
     pub token: Option<Arc<str>>,
     /// The HTTP server's counters.
     pub http_stats: Arc<HttpStats>,
+    /// The most bytes of events that may wait for an SSE client (`sse_max_backlog`).
+    pub sse_max_backlog: usize,
 }
 
 /// The API's routes.
@@ -95,9 +98,18 @@ async fn members(State(s): State<AppState>) -> Json<api::Members> {
     Json(api::Members::of(&s.cluster.snapshot()))
 }
 
-async fn events(State(s): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
+async fn events(
+    State(s): State<AppState>,
+    conn: Option<Extension<ConnInfo>>,
+    headers: HeaderMap,
+) -> impl IntoResponse {
     let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
-    sse::events(&s.cluster, &s.history, last, s.stop.child_token()).await
+    let backlog = sse::Backlog {
+        max_bytes: s.sse_max_backlog,
+        conn: conn.map(|Extension(c)| c),
+        stats: s.http_stats.clone(),
+    };
+    sse::events(&s.cluster, &s.history, last, s.stop.child_token(), backlog).await
 }
 
 /// The status page: static, no data (the script fetches it).

@@ -133,6 +133,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         history: sse::History::start(&cluster, config.event_history, stop.clone()),
         token: config.http_token.as_ref().map(|t| Arc::from(t.expose())),
         http_stats: http_stats.clone(),
+        sse_max_backlog: config.http.sse_max_backlog,
     });
     let settings = serve::Settings {
         max_connections,
