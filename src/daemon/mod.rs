@@ -132,6 +132,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         metrics: Arc::new(metrics::registry(cluster.clone(), http_stats.clone())),
         history: sse::History::start(&cluster, config.event_history, stop.clone()),
         token: config.http_token.as_ref().map(|t| Arc::from(t.expose())),
+        allowed_hosts: Arc::new(host::AllowedHosts::new(&config.http.allowed_hosts)),
         http_stats: http_stats.clone(),
         sse_max_backlog: config.http.sse_max_backlog,
     });
