@@ -16,13 +16,13 @@ mod support;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rallypoint::daemon::client;
 use rallypoint::strategies::static_hosts::StaticHosts;
 use rallypoint::{Cluster, Event, Update};
-use support::daemon::{Daemon, Spec};
+use support::daemon::{Daemon, Seen, Spec, Watcher};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
@@ -434,13 +434,42 @@ async fn wait_open_at_most(addr: SocketAddr, n: usize, within: Duration) -> f64 
 
 // ---------------------------------------------------------------- an SSE client that never reads
 
-/// Runs in-process nodes that join `target` and leave again, over and over, until
-/// `stop`: two events (`nodeup`, `nodedown`) on the target per round. Long names make
-/// the events large. Returns the number of rounds.
-async fn churn(id: usize, target: SocketAddr, stop: Arc<AtomicBool>) -> usize {
+/// How far the churn may run ahead of the reading client, in events: well within what
+/// the kernel's socket buffers hold, so that the reader never has a backlog in the
+/// daemon, however busy the machine is.
+const LAG: usize = 60;
+
+/// The churn's pace: rounds started, and what the reading client has read (or that the
+/// churn must stop).
+struct Pace {
+    started: AtomicUsize,
+    read: tokio::sync::watch::Sender<(usize, bool)>,
+}
+
+impl Pace {
+    /// Waits until round `n` may start (the reader is less than [`LAG`] events behind);
+    /// `false` once the churn must stop.
+    async fn may_start(&self, n: usize) -> bool {
+        let mut rx = self.read.subscribe();
+        let r = rx
+            .wait_for(|(read, stop)| *stop || 2 * n <= read + LAG)
+            .await
+            .map(|v| !v.1);
+        r.unwrap_or(false)
+    }
+}
+
+/// Runs in-process nodes that join `target` and leave again, over and over, until the
+/// pace says stop: two events (`nodeup`, `nodedown`) on the target per round. Long names
+/// make the events large. Returns the number of rounds.
+async fn churn(id: usize, target: SocketAddr, pace: Arc<Pace>) -> usize {
     let name = format!("churn{id}-{}@127.0.0.1", "x".repeat(200));
     let mut rounds = 0;
-    while !stop.load(Ordering::SeqCst) {
+    loop {
+        let n = pace.started.fetch_add(1, Ordering::SeqCst) + 1;
+        if !pace.may_start(n).await {
+            return rounds;
+        }
         let node = Cluster::builder()
             .name(name.as_str())
             .cluster_addr("127.0.0.1:0".parse().unwrap())
@@ -469,13 +498,27 @@ async fn churn(id: usize, target: SocketAddr, stop: Arc<AtomicBool>) -> usize {
         node.shutdown().await;
         rounds += 1;
     }
-    rounds
 }
 
-#[tokio::test]
-async fn an_sse_client_that_never_reads_is_cut_once_its_backlog_is_full_and_readers_are_not() {
+/// Reads the reader's next event before `deadline`, and tells the churn's pace.
+async fn read_one(reader: &mut Watcher, pace: &Pace, seen: &mut usize, deadline: Instant) {
+    let ev = reader.next(deadline).await;
+    assert!(ev.is_some(), "no event in time; {seen} events read");
+    *seen += 1;
+    pace.read.send_modify(|(read, _)| match ev {
+        // A fresh snapshot: the reader is as current as the daemon.
+        Some(Seen::Snapshot(_)) => *read = 2 * pace.started.load(Ordering::SeqCst),
+        _ => *read += 1,
+    });
+}
+
+/// Starts a daemon with `top_toml`, opens an event stream that is never read and one
+/// that is, and makes events until the daemon counts the first one cut under `sample`.
+/// Checks that the reader is still served and that the stalled client's connection
+/// ends after what was in flight.
+async fn a_stalled_event_stream_is_cut(top_toml: &str, sample: &str) {
     let mut spec = Spec::new("streamer");
-    spec.top_toml = "sse_max_backlog = 4096\n".into();
+    spec.top_toml = top_toml.into();
     let a = Daemon::start(spec).await;
     let addr = a.spec.http_addr;
 
@@ -498,28 +541,27 @@ async fn an_sse_client_that_never_reads_is_cut_once_its_backlog_is_full_and_read
     // A client that reads, all along.
     let mut reader = a.watch().await;
 
-    let stop = Arc::new(AtomicBool::new(false));
+    let pace = Arc::new(Pace {
+        started: AtomicUsize::new(0),
+        read: tokio::sync::watch::Sender::new((0, false)),
+    });
     let churners: Vec<_> = (0..3)
-        .map(|i| tokio::spawn(churn(i, a.spec.cluster_addr, stop.clone())))
+        .map(|i| tokio::spawn(churn(i, a.spec.cluster_addr, pace.clone())))
         .collect();
+    let mut seen = 0usize;
 
     // Read the events as they come, and watch the counter; stop once the stalled
     // client is cut.
-    let sample = "rallypoint_http_connections_closed_total{reason=\"sse_backlog\"}";
     let deadline = Instant::now() + Duration::from_secs(180);
-    let mut seen = 0usize;
     loop {
-        let ev = reader.next(deadline).await;
-        assert!(ev.is_some(), "no cut within 180 s; {seen} events read");
-        seen += 1;
+        read_one(&mut reader, &pace, &mut seen, deadline).await;
         if seen.is_multiple_of(50) && metric(addr, sample).await.is_some_and(|v| v >= 1.0) {
             break;
         }
     }
     // The reader is still served: more events come after the cut.
-    let more = reader.next(Instant::now() + FORM).await;
-    assert!(more.is_some(), "the reading client still gets events");
-    stop.store(true, Ordering::SeqCst);
+    read_one(&mut reader, &pace, &mut seen, Instant::now() + FORM).await;
+    pace.read.send_modify(|(_, stop)| *stop = true);
     let mut rounds = 0;
     for c in churners {
         rounds += c.await.expect("churn task");
@@ -542,8 +584,8 @@ async fn an_sse_client_that_never_reads_is_cut_once_its_backlog_is_full_and_read
         "the stream began with a snapshot"
     );
     eprintln!(
-        "{rounds} churn rounds, {seen} events read by the reader; the stalled client \
-         received {} bytes before it was cut",
+        "{sample}: {rounds} churn rounds, {seen} events read by the reader; the stalled \
+         client received {} bytes before it was cut",
         got.len()
     );
     assert_eq!(
@@ -551,6 +593,25 @@ async fn an_sse_client_that_never_reads_is_cut_once_its_backlog_is_full_and_read
         Some(1.0),
         "exactly one client cut"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_client_that_never_reads_is_cut_once_its_backlog_is_full_and_readers_are_not() {
+    a_stalled_event_stream_is_cut(
+        "sse_max_backlog = 4096\n",
+        "rallypoint_http_connections_closed_total{reason=\"sse_backlog\"}",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_client_whose_socket_stays_full_for_the_idle_timeout_is_cut() {
+    // A backlog bound too large to matter: what cuts is the stalled writes.
+    a_stalled_event_stream_is_cut(
+        "sse_max_backlog = 67108864\nhttp_idle_timeout = \"1s\"\n",
+        "rallypoint_http_connections_closed_total{reason=\"write_stalled\"}",
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------- DNS rebinding
