@@ -312,10 +312,10 @@ async fn an_idle_flood_over_the_cap_is_refused_and_counted_while_the_cluster_kee
     // header timeout is long, so the flood stays for the whole test.
     const CAP: usize = 32;
     const NOFILE: u64 = 128;
+    // Only b lists a: every connection between them is one that a must accept on its
+    // cluster port, with the flood on its API port.
     let mut sa = Spec::new("a");
-    let mut sb = Spec::new("b");
-    sa = sa.peers(&[&sb]);
-    sb = sb.peers(&[&sa]);
+    let sb = Spec::new("b").peers(&[&sa]);
     sa.nofile = Some(NOFILE);
     sa.top_toml = format!("http_max_connections = {CAP}\nhttp_header_timeout = \"10min\"\n");
     let a = Daemon::start(sa.clone()).await;
@@ -395,7 +395,7 @@ async fn an_idle_flood_over_the_cap_is_refused_and_counted_while_the_cluster_kee
     wa.wait_down(b.name(), DETECT).await;
     b = Daemon::start(sb.clone()).await;
     wa.wait_up(b.name(), FORM).await;
-    // The restarted b sees a too (a accepted or dialled it with the flood still held).
+    // The restarted b sees a too (a accepted it with the flood still held).
     let mut wb = b.watch().await;
     wb.wait_members(&[a.name()], FORM).await;
 
