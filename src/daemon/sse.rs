@@ -27,7 +27,8 @@
 //! buffers hold, the client does not read (or reads slower than events come) and its
 //! connection is closed (`rallypoint_http_connections_closed_total{reason="sse_backlog"}`).
 //! A first event (a snapshot, however large) always fits. A client cut this way that
-//! reconnects with `Last-Event-ID` resumes from the history.
+//! reconnects with `Last-Event-ID` resumes from the history if what it missed fits in
+//! its backlog, and gets a fresh snapshot otherwise.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -341,8 +342,7 @@ fn wire_size(event: &str, id: u64, data: &str) -> usize {
 /// A task of its own reads the subscription and queues the events; the response body
 /// takes them as the connection can write them. When more than `backlog.max_bytes` wait
 /// (the client does not read, or reads slower than the events come), the connection is
-/// cut: a client that reconnects with `Last-Event-ID` gets what it missed from the
-/// history.
+/// cut.
 pub async fn events(
     cluster: &Cluster,
     history: &History,
