@@ -37,6 +37,9 @@ use crate::membership;
 use crate::node::NodeName;
 use crate::strategies::static_hosts::{self, StaticHosts};
 
+mod http;
+pub use http::HttpLimits;
+
 /// The prefix of the environment variables that set configuration keys.
 pub const ENV_PREFIX: &str = "RALLYPOINT";
 
@@ -53,6 +56,11 @@ pub const KEYS: &[&str] = &[
     "accept_cookies",
     "accept_cookie_files",
     "http_token",
+    "http_max_connections",
+    "http_header_timeout",
+    "http_idle_timeout",
+    "http_allowed_hosts",
+    "sse_max_backlog",
     "log_format",
     "membership",
     "topologies",
@@ -115,6 +123,10 @@ pub struct Config {
     /// `/readyz` (usually from `RALLYPOINT_HTTP_TOKEN`). Default: none, no token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_token: Option<Secret>,
+    /// The HTTP API's limits (`http_max_connections`, `http_header_timeout`,
+    /// `http_idle_timeout`, `http_allowed_hosts`, `sse_max_backlog`), written flat.
+    #[serde(flatten)]
+    pub http: HttpLimits,
     /// How the daemon writes its logs (to stderr): `text` (default) or `json` (one
     /// object a line). The level comes from `RUST_LOG`.
     pub log_format: LogFormat,
@@ -608,6 +620,7 @@ impl Config {
         let mut accept_cookies = Vec::new();
         let mut accept_cookie_files = Vec::new();
         let mut http_token = None;
+        let mut http = HttpLimits::default();
         let mut log_format = LogFormat::default();
         let mut membership = membership::Config::default();
         let mut topologies = None;
@@ -662,6 +675,7 @@ impl Config {
                     }
                     http_token = Some(Secret(token));
                 }
+                k if HttpLimits::KEYS.contains(&k) => http.set(k, value)?,
                 "membership" => {
                     let origin = first_origin(&value);
                     membership = deserialize(&key, value)?;
@@ -712,6 +726,7 @@ impl Config {
             accept_cookies,
             accept_cookie_files,
             http_token,
+            http,
             log_format,
             membership,
             topologies: topologies.unwrap_or_else(default_topologies),

@@ -15,10 +15,14 @@
 //!
 //! The status page and its script hold no data, so they need no token: the script reads
 //! the API (asking for the token when it gets a `401`) and follows `/v1/events` live.
+//!
+//! Without a token, every route but `/healthz` and `/readyz` answers only requests whose
+//! `Host` is loopback, the daemon's own address, or listed in `http_allowed_hosts`
+//! (see [`super::host`]); others get `421` with a message that says so.
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{Extension, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -26,6 +30,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
+use super::host::AllowedHosts;
+use super::metrics::HttpStats;
+use super::serve::ConnInfo;
 use super::{api, metrics, sse};
 use crate::Cluster;
 
@@ -44,6 +51,13 @@ pub struct AppState {
     pub history: Arc<sse::History>,
     /// The bearer token the API requires, if any.
     pub token: Option<Arc<str>>,
+    /// The hosts answered without a token, besides loopback and the daemon's own
+    /// address (`http_allowed_hosts`).
+    pub allowed_hosts: Arc<AllowedHosts>,
+    /// The HTTP server's counters.
+    pub http_stats: Arc<HttpStats>,
+    /// The most bytes of events that may wait for an SSE client (`sse_max_backlog`).
+    pub sse_max_backlog: usize,
 }
 
 /// The API's routes.
@@ -54,13 +68,56 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/topologies", get(topologies))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
+    let by_host = Router::new()
         .merge(guarded)
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
         .route("/", get(status_page))
         .route("/status.js", get(status_script))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_host));
+    Router::new()
+        .merge(by_host)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .with_state(state)
+}
+
+/// Without a token, refuses a request whose `Host` (or absolute-form target) is not one
+/// the API answers (DNS rebinding; see [`super::host`]).
+async fn require_host(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    if s.token.is_none() {
+        let local = req.extensions().get::<ConnInfo>().map(|c| c.local.ip());
+        let allows = |h: &str| s.allowed_hosts.allows(Some(h), local);
+        let host = req.headers().get(header::HOST).map(|v| v.to_str());
+        let refused = match host {
+            Some(Err(_)) => Some("(not text)"),
+            Some(Ok(h)) if !allows(h) => Some(h),
+            _ => None,
+        }
+        .or_else(|| {
+            req.uri()
+                .authority()
+                .map(|a| a.as_str())
+                .filter(|a| !allows(a))
+        });
+        if let Some(refused) = refused {
+            s.http_stats.refused_host();
+            let shown: String = refused.chars().take(100).collect();
+            return (
+                StatusCode::MISDIRECTED_REQUEST,
+                [
+                    (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                ],
+                format!(
+                    "this rallypoint API has no token, so it answers only requests for \
+                     localhost, a loopback address, its own address, or a host listed in \
+                     `http_allowed_hosts` (or configure `http_token`); Host {shown:?} is none \
+                     of these\n"
+                ),
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// Refuses a request without the configured bearer token.
@@ -92,9 +149,18 @@ async fn members(State(s): State<AppState>) -> Json<api::Members> {
     Json(api::Members::of(&s.cluster.snapshot()))
 }
 
-async fn events(State(s): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
+async fn events(
+    State(s): State<AppState>,
+    conn: Option<Extension<ConnInfo>>,
+    headers: HeaderMap,
+) -> impl IntoResponse {
     let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
-    sse::events(&s.cluster, &s.history, last, s.stop.child_token()).await
+    let backlog = sse::Backlog {
+        max_bytes: s.sse_max_backlog,
+        conn: conn.map(|Extension(c)| c),
+        stats: s.http_stats.clone(),
+    };
+    sse::events(&s.cluster, &s.history, last, s.stop.child_token(), backlog).await
 }
 
 /// The status page: static, no data (the script fetches it).

@@ -16,10 +16,19 @@
 //! | `rallypoint_discovered_peers` | gauge | `topology` |
 //! | `rallypoint_strategy_errors_total` | counter | `topology` |
 //! | `rallypoint_gossip_packets_total` | counter | `result` (topology counters named `gossip_RESULT`) |
+//! | `rallypoint_http_connections` | gauge | |
+//! | `rallypoint_http_connections_refused_total` | counter | `reason`: `limit` |
+//! | `rallypoint_http_connections_closed_total` | counter | `reason`: `header_timeout`, `idle_timeout`, `write_stalled`, `sse_backlog` |
+//! | `rallypoint_http_requests_refused_total` | counter | `reason`: `host` |
+//! | `rallypoint_http_accept_errors_total` | counter | |
+//!
+//! The `rallypoint_http_*` values are the daemon's own ([`HttpStats`], counted by the
+//! HTTP server as things happen).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -65,11 +74,143 @@ impl fmt::Debug for NodeCollector {
     }
 }
 
-/// The registry of a node's metrics.
-pub fn registry(cluster: Arc<Cluster>) -> Registry {
+/// The registry of a node's metrics, and of its HTTP API's.
+pub fn registry(cluster: Arc<Cluster>, http: Arc<HttpStats>) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(NodeCollector { cluster }));
+    registry.register_collector(Box::new(HttpCollector { stats: http }));
     registry
+}
+
+/// What the HTTP API's server counts: connections open, refused and closed by a limit,
+/// requests refused, accept errors. Shared by the server, the event streams and the
+/// metrics (which read it at each scrape).
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    open: AtomicU64,
+    refused_limit: AtomicU64,
+    closed_header_timeout: AtomicU64,
+    closed_idle_timeout: AtomicU64,
+    closed_write_stalled: AtomicU64,
+    closed_sse_backlog: AtomicU64,
+    refused_host: AtomicU64,
+    accept_errors: AtomicU64,
+}
+
+/// Why the server closed a connection before the client did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// A request's head did not arrive within `http_header_timeout`.
+    HeaderTimeout,
+    /// A kept-alive connection saw no new request within `http_idle_timeout`.
+    IdleTimeout,
+    /// A response waited for the client to read for `http_idle_timeout`.
+    WriteStalled,
+    /// An event stream's client let more than `sse_max_backlog` bytes wait.
+    SseBacklog,
+}
+
+impl HttpStats {
+    /// A connection was accepted; it counts as open until the guard is dropped.
+    pub fn opened(self: &Arc<Self>) -> OpenConnection {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(self.clone())
+    }
+
+    /// A connection was refused because `http_max_connections` were open.
+    pub fn refused_limit(&self) {
+        self.refused_limit.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The server closed a connection, for this reason.
+    pub fn closed(&self, why: Closed) {
+        let counter = match why {
+            Closed::HeaderTimeout => &self.closed_header_timeout,
+            Closed::IdleTimeout => &self.closed_idle_timeout,
+            Closed::WriteStalled => &self.closed_write_stalled,
+            Closed::SseBacklog => &self.closed_sse_backlog,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request was refused for its `Host`.
+    pub fn refused_host(&self) {
+        self.refused_host.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Accepting a connection failed (other than the client giving up first).
+    pub fn accept_error(&self) {
+        self.accept_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many connections are open now.
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// An open connection, as [`HttpStats`] counts it; dropping it closes it in the count.
+#[derive(Debug)]
+pub struct OpenConnection(Arc<HttpStats>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Reads the HTTP API's counters at each scrape.
+#[derive(Debug)]
+struct HttpCollector {
+    stats: Arc<HttpStats>,
+}
+
+impl Collector for HttpCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let s = &self.stats;
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let open = encoder.encode_descriptor(
+            "rallypoint_http_connections",
+            "Connections to the HTTP API open now.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::try_from(s.open()).unwrap_or(i64::MAX)).encode(open)?;
+        counter_family(
+            &mut encoder,
+            "rallypoint_http_connections_refused",
+            "Connections to the HTTP API refused at once, by reason.",
+            "reason",
+            &[("limit".to_owned(), n(&s.refused_limit))],
+        )?;
+        counter_family(
+            &mut encoder,
+            "rallypoint_http_connections_closed",
+            "Connections to the HTTP API the daemon closed, by reason.",
+            "reason",
+            &[
+                ("header_timeout".to_owned(), n(&s.closed_header_timeout)),
+                ("idle_timeout".to_owned(), n(&s.closed_idle_timeout)),
+                ("write_stalled".to_owned(), n(&s.closed_write_stalled)),
+                ("sse_backlog".to_owned(), n(&s.closed_sse_backlog)),
+            ],
+        )?;
+        counter_family(
+            &mut encoder,
+            "rallypoint_http_requests_refused",
+            "Requests to the HTTP API refused, by reason.",
+            "reason",
+            &[("host".to_owned(), n(&s.refused_host))],
+        )?;
+        let errors = encoder.encode_descriptor(
+            "rallypoint_http_accept_errors",
+            "Failures to accept a connection to the HTTP API (e.g. out of file descriptors).",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(n(&s.accept_errors)).encode(errors)?;
+        Ok(())
+    }
 }
 
 /// The registry's metrics as text.
@@ -194,5 +335,52 @@ impl Collector for NodeCollector {
             &gossip.into_iter().collect::<Vec<_>>(),
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_http_counters_are_written_with_every_reason_from_zero() {
+        let stats = Arc::new(HttpStats::default());
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(HttpCollector {
+            stats: stats.clone(),
+        }));
+        let text = render(&registry).unwrap();
+        for line in [
+            "rallypoint_http_connections 0",
+            "rallypoint_http_connections_refused_total{reason=\"limit\"} 0",
+            "rallypoint_http_connections_closed_total{reason=\"header_timeout\"} 0",
+            "rallypoint_http_connections_closed_total{reason=\"idle_timeout\"} 0",
+            "rallypoint_http_connections_closed_total{reason=\"write_stalled\"} 0",
+            "rallypoint_http_connections_closed_total{reason=\"sse_backlog\"} 0",
+            "rallypoint_http_requests_refused_total{reason=\"host\"} 0",
+            "rallypoint_http_accept_errors_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
+
+        let open = stats.opened();
+        let _also = stats.opened();
+        stats.refused_limit();
+        stats.closed(Closed::SseBacklog);
+        stats.closed(Closed::HeaderTimeout);
+        stats.refused_host();
+        stats.accept_error();
+        drop(open);
+        let text = render(&registry).unwrap();
+        for line in [
+            "rallypoint_http_connections 1",
+            "rallypoint_http_connections_refused_total{reason=\"limit\"} 1",
+            "rallypoint_http_connections_closed_total{reason=\"header_timeout\"} 1",
+            "rallypoint_http_connections_closed_total{reason=\"sse_backlog\"} 1",
+            "rallypoint_http_requests_refused_total{reason=\"host\"} 1",
+            "rallypoint_http_accept_errors_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
     }
 }

@@ -4,6 +4,9 @@
 //! - [`cli`]: the command line (`run`, `check-config`, `members`, `watch`);
 //! - [`http`]: the HTTP API's routes; [`api`]: its JSON bodies; [`sse`]: the event
 //!   stream; [`metrics`]: the Prometheus metrics;
+//! - [`serve`]: the API's accept loop and connections, with a cap and timeouts
+//!   ([`timeouts`]); [`host`]: the `Host` rule without a token; [`rlimit`]: the
+//!   open-file limit;
 //! - [`client`]: a small client for the API (used by `members` and `watch`).
 //!
 //! [`run`] is the daemon: it binds the HTTP API, starts the node with the configured
@@ -25,9 +28,13 @@ use crate::config::{Config, ConfigError};
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod host;
 pub mod http;
 pub mod metrics;
+pub mod rlimit;
+pub mod serve;
 pub mod sse;
+pub mod timeouts;
 
 /// The longest the daemon waits for the cluster to leave gracefully on shutdown.
 pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -79,6 +86,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             return Ok(());
         }
     };
+    let nofile = rlimit::raise_nofile();
+    let max_connections = rlimit::api_share(config.http.max_connections, nofile);
+    if max_connections < config.http.max_connections {
+        tracing::warn!(
+            configured = config.http.max_connections,
+            used = max_connections,
+            open_file_limit = nofile,
+            "`http_max_connections` is more than half the open-file limit; using half, so \
+             that the cluster always has descriptors left"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .map_err(|source| Error::HttpBind {
@@ -134,21 +152,38 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let cluster = Arc::new(builder.start().await?);
 
     let stop = CancellationToken::new();
+    let http_stats = Arc::new(metrics::HttpStats::default());
     let app = http::router(http::AppState {
         cluster: cluster.clone(),
         stop: stop.clone(),
         min_members: config.min_members,
-        metrics: Arc::new(metrics::registry(cluster.clone())),
+        metrics: Arc::new(metrics::registry(cluster.clone(), http_stats.clone())),
         history: sse::History::start(&cluster, config.event_history, stop.clone()),
         token: config.http_token.as_ref().map(|t| Arc::from(t.expose())),
+        allowed_hosts: Arc::new(host::AllowedHosts::new(&config.http.allowed_hosts)),
+        http_stats: http_stats.clone(),
+        sse_max_backlog: config.http.sse_max_backlog,
     });
-    let server_stop = stop.clone();
-    let mut server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(server_stop.cancelled_owned())
-            .await
-    });
-    tracing::info!(node = %cluster.local(), http_addr = %http_addr, "HTTP API listening");
+    let settings = serve::Settings {
+        max_connections,
+        limits: timeouts::Limits {
+            header: config.http.header_timeout,
+            idle: config.http.idle_timeout,
+        },
+    };
+    let mut server = tokio::spawn(serve::serve(
+        listener,
+        app,
+        settings,
+        http_stats,
+        stop.clone(),
+    ));
+    tracing::info!(
+        node = %cluster.local(),
+        http_addr = %http_addr,
+        max_connections,
+        "HTTP API listening"
+    );
 
     let result = tokio::select! {
         _ = shutdown => {
@@ -156,8 +191,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             Ok(())
         }
         r = &mut server => Err(match r {
-            Ok(Ok(())) => Error::Http(std::io::Error::other("the server stopped")),
-            Ok(Err(e)) => Error::Http(e),
+            Ok(()) => Error::Http(std::io::Error::other("the server stopped")),
             Err(e) => Error::Http(std::io::Error::other(e)),
         }),
     };

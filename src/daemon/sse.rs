@@ -18,18 +18,31 @@
 //! A client that reconnects with `Last-Event-ID: N` gets the events after `N` instead of
 //! a snapshot, when the daemon still holds them all: [`History`] keeps the latest events
 //! (`event_history`, default 1024). Otherwise (`N` too old, unknown, or not a number) it
-//! gets a fresh `snapshot`, as a new client does.
+//! gets a fresh `snapshot`, as a new client does; so does a client whose missed events
+//! would not fit in its backlog (below).
+//!
+//! Each client has a bounded backlog: its events are read from its subscription as
+//! they come, and queued for its connection; when more than `sse_max_backlog` bytes
+//! (default 256 KiB, counted as written on the wire) wait, beyond what the socket's
+//! buffers hold, the client does not read (or reads slower than events come) and its
+//! connection is closed (`rallypoint_http_connections_closed_total{reason="sse_backlog"}`).
+//! A first event (a snapshot, however large) always fits. A client cut this way that
+//! reconnects with `Last-Event-ID` resumes from the history if what it missed fits in
+//! its backlog, and gets a fresh snapshot otherwise.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::Stream;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::api;
+use super::metrics::{Closed, HttpStats};
+use super::serve::ConnInfo;
 use crate::Cluster;
 use crate::events::{Event, Snapshot, Subscription, Update};
 
@@ -173,33 +186,174 @@ impl History {
     }
 }
 
-/// One client's stream.
-struct Client {
+/// What bounds one client's stream.
+#[derive(Clone)]
+pub struct Backlog {
+    /// The most bytes of events that may wait for the client to read
+    /// (`sse_max_backlog`).
+    pub max_bytes: usize,
+    /// The client's connection, to cut it; `None` (no [`ConnInfo`], as in tests of the
+    /// router alone): the stream only ends.
+    pub conn: Option<ConnInfo>,
+    /// Counts the clients cut.
+    pub stats: Arc<HttpStats>,
+}
+
+/// One client's events, rendered, on their way from its pump to its response body.
+struct Queued {
+    event: SseEvent,
+    /// Its size as written ([`wire_size`]).
+    size: usize,
+}
+
+/// The pump of one client: reads its subscription as events come, whether the client
+/// reads or not, and queues them for its response body.
+struct Pump {
     sub: Subscription,
     /// The current members, to tell since when a node that came up is up.
     members: watch::Receiver<Arc<Snapshot>>,
-    stop: CancellationToken,
-    /// The id of the last event sent; `None` before the first snapshot.
-    seq: Option<u64>,
-    /// Events from the history to send first, for a resuming client.
-    replay: VecDeque<(u64, Rendered)>,
     /// Added to sequence numbers to make ids (see [`History::id_offset`]).
     offset: u64,
+    tx: mpsc::UnboundedSender<Queued>,
+    /// Bytes queued and not yet taken by the response body.
+    queued: Arc<AtomicUsize>,
+    backlog: Backlog,
+}
+
+/// Why the pump stopped queueing.
+enum Stopped {
+    /// The client's backlog went over the bound; its connection is cut.
+    Overflow,
+    /// The response body is gone (the client left).
+    Gone,
+}
+
+impl Pump {
+    /// Queues one event, unless the client's backlog would then exceed the bound: an
+    /// event always goes into an empty queue, however large.
+    fn push(&self, event: SseEvent, size: usize) -> Result<(), Stopped> {
+        let queued = self.queued.load(Ordering::Acquire);
+        if queued > 0 && queued.saturating_add(size) > self.backlog.max_bytes {
+            if let Some(conn) = &self.backlog.conn {
+                conn.cut(Closed::SseBacklog, &self.backlog.stats);
+                tracing::debug!(
+                    peer = %conn.peer,
+                    queued,
+                    max = self.backlog.max_bytes,
+                    "an SSE client does not read; closing its connection"
+                );
+            } else {
+                self.backlog.stats.closed(Closed::SseBacklog);
+            }
+            return Err(Stopped::Overflow);
+        }
+        self.queued.fetch_add(size, Ordering::AcqRel);
+        self.tx
+            .send(Queued { event, size })
+            .map_err(|_| Stopped::Gone)
+    }
+
+    fn push_rendered(&self, r: &Rendered, seq: u64) -> Result<(), Stopped> {
+        let id = seq + self.offset;
+        self.push(r.to_sse(id), wire_size(r.event, id, &r.data))
+    }
+
+    fn push_snapshot(&self, snapshot: &Snapshot) -> Result<(), Stopped> {
+        let id = snapshot.seq + self.offset;
+        match serde_json::to_string(&api::Members::of(snapshot)) {
+            Ok(data) => {
+                let size = wire_size(api::SNAPSHOT, id, &data);
+                let event = SseEvent::default()
+                    .event(api::SNAPSHOT)
+                    .id(id.to_string())
+                    .data(data);
+                self.push(event, size)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot render a snapshot; ending an event stream");
+                Err(Stopped::Gone)
+            }
+        }
+    }
+
+    /// Queues the replay (or the first snapshot), then every update, until the client
+    /// leaves, falls too far behind, or `stop`.
+    async fn run(
+        mut self,
+        seq: Option<u64>,
+        replay: Vec<(u64, Rendered)>,
+        stop: CancellationToken,
+    ) -> Result<(), Stopped> {
+        for (s, r) in &replay {
+            self.push_rendered(r, *s)?;
+        }
+        let mut seq = match seq {
+            Some(s) => s,
+            None => {
+                let snapshot = self.sub.snapshot().clone();
+                self.push_snapshot(&snapshot)?;
+                snapshot.seq
+            }
+        };
+        loop {
+            let update = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = self.tx.closed() => return Err(Stopped::Gone),
+                u = self.sub.recv() => match u {
+                    Some(u) => u,
+                    None => return Ok(()),
+                },
+            };
+            match update {
+                Update::Event(ev) => {
+                    seq += 1;
+                    match render(&ev, &self.members) {
+                        Ok(r) => self.push_rendered(&r, seq)?,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot render an event; ending an event stream");
+                            return Err(Stopped::Gone);
+                        }
+                    }
+                }
+                Update::Resync(snapshot) => {
+                    tracing::debug!(
+                        seq = snapshot.seq,
+                        "an SSE client fell behind; sending it a fresh snapshot"
+                    );
+                    seq = snapshot.seq;
+                    self.push_snapshot(&snapshot)?;
+                }
+            }
+        }
+    }
+}
+
+/// The size of an event as the stream writes it:
+/// `event: NAME\nid: ID\ndata: DATA\n\n` (the data is JSON, one line).
+fn wire_size(event: &str, id: u64, data: &str) -> usize {
+    let digits = id.checked_ilog10().map_or(1, |d| d as usize + 1);
+    "event: \nid: \ndata: \n\n".len() + event.len() + digits + data.len()
 }
 
 /// The SSE response for one client: its own subscription, ended by `stop`. With
 /// `last_event_id`, it resumes after that event when `history` still holds what came
-/// after it.
+/// after it (and it fits in the client's backlog; else a snapshot, as for a new client).
+///
+/// A task of its own reads the subscription and queues the events; the response body
+/// takes them as the connection can write them. When more than `backlog.max_bytes` wait
+/// (the client does not read, or reads slower than the events come), the connection is
+/// cut.
 pub async fn events(
     cluster: &Cluster,
     history: &History,
     last_event_id: Option<&str>,
     stop: CancellationToken,
+    backlog: Backlog,
 ) -> Sse<impl Stream<Item = Result<SseEvent, axum::Error>> + use<>> {
     let sub = cluster.subscribe();
     let now = sub.snapshot().seq;
     let mut seq = None;
-    let mut replay = VecDeque::new();
+    let mut replay = Vec::new();
     let offset = history.id_offset();
     if let Some(after) = last_event_id
         .and_then(|s| s.trim().parse::<u64>().ok())
@@ -207,8 +361,14 @@ pub async fn events(
         && after <= now
         && let Some(events) = history.between(after, now).await
     {
-        seq = Some(now);
-        replay = events.into();
+        let bytes: usize = events
+            .iter()
+            .map(|(s, r)| wire_size(r.event, s + offset, &r.data))
+            .sum();
+        if bytes <= backlog.max_bytes {
+            seq = Some(now);
+            replay = events;
+        }
     }
     if last_event_id.is_some() {
         tracing::debug!(
@@ -217,51 +377,23 @@ pub async fn events(
             "an SSE client reconnected"
         );
     }
-    let client = Client {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let pump = Pump {
         sub,
         members: cluster.watch(),
-        stop,
-        seq,
-        replay,
         offset,
+        tx,
+        queued: queued.clone(),
+        backlog,
     };
-    let stream = futures::stream::unfold(client, |mut c| async move {
-        if let Some((seq, r)) = c.replay.pop_front() {
-            return Some((Ok(r.to_sse(seq + c.offset)), c));
-        }
-        let Some(seq) = c.seq else {
-            let snapshot = c.sub.snapshot().clone();
-            c.seq = Some(snapshot.seq);
-            return Some((snapshot_event(&snapshot, c.offset), c));
-        };
-        let update = tokio::select! {
-            _ = c.stop.cancelled() => return None,
-            u = c.sub.recv() => u?,
-        };
-        let event = match update {
-            Update::Event(ev) => {
-                c.seq = Some(seq + 1);
-                render(&ev, &c.members).map(|r| r.to_sse(seq + 1 + c.offset))
-            }
-            Update::Resync(snapshot) => {
-                tracing::debug!(
-                    seq = snapshot.seq,
-                    "an SSE client fell behind; sending it a fresh snapshot"
-                );
-                c.seq = Some(snapshot.seq);
-                snapshot_event(&snapshot, c.offset)
-            }
-        };
-        Some((event, c))
+    tokio::spawn(pump.run(seq, replay, stop));
+    let stream = futures::stream::unfold((rx, queued), |(mut rx, queued)| async move {
+        let q = rx.recv().await?;
+        queued.fetch_sub(q.size, Ordering::AcqRel);
+        Some((Ok(q.event), (rx, queued)))
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
-}
-
-fn snapshot_event(snapshot: &Arc<Snapshot>, offset: u64) -> Result<SseEvent, axum::Error> {
-    SseEvent::default()
-        .event(api::SNAPSHOT)
-        .id((snapshot.seq + offset).to_string())
-        .json_data(api::Members::of(snapshot))
 }
 
 fn render(ev: &Event, members: &watch::Receiver<Arc<Snapshot>>) -> Result<Rendered, axum::Error> {
@@ -283,5 +415,35 @@ fn render(ev: &Event, members: &watch::Receiver<Arc<Snapshot>>) -> Result<Render
             event: api::NODEDOWN,
             data: json(serde_json::to_string(&api::NodeDown::of(node, *reason)))?,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::response::IntoResponse;
+
+    use super::*;
+
+    /// What the stream writes for one event, as bytes.
+    async fn written(event: SseEvent) -> usize {
+        let stream = futures::stream::iter([Ok::<_, axum::Error>(event)]);
+        let body = Sse::new(stream).into_response().into_body();
+        axum::body::to_bytes(body, usize::MAX).await.unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn the_backlog_counts_an_event_as_the_bytes_written() {
+        let data = r#"{"node":{"name":"a@127.0.0.1","addr":"127.0.0.1:1"},"reason":"left"}"#;
+        for id in [0, 9, 10, 1_883_421_563_418_624_001, u64::MAX] {
+            let r = Rendered {
+                event: api::NODEDOWN,
+                data: data.to_owned(),
+            };
+            assert_eq!(
+                written(r.to_sse(id)).await,
+                wire_size(api::NODEDOWN, id, data),
+                "id {id}"
+            );
+        }
     }
 }

@@ -46,10 +46,15 @@ pub struct Spec {
     pub peers: Vec<SocketAddr>,
     /// More TOML appended to the config file (after the `[membership]` table).
     pub extra_toml: String,
+    /// More top-level keys, in TOML, written before any table.
+    pub top_toml: String,
     /// More command-line arguments after `run --config FILE`.
     pub args: Vec<String>,
     /// More environment variables.
     pub env: Vec<(String, String)>,
+    /// The open-file limit (`RLIMIT_NOFILE`, soft and hard) the process starts with;
+    /// `None`: this process's.
+    pub nofile: Option<u64>,
 }
 
 impl Spec {
@@ -63,8 +68,10 @@ impl Spec {
             cookie: "test-cookie-of-the-daemons".into(),
             peers: Vec::new(),
             extra_toml: String::new(),
+            top_toml: String::new(),
             args: Vec::new(),
             env: Vec::new(),
+            nofile: None,
         }
     }
 
@@ -83,8 +90,8 @@ impl Spec {
     /// The config file's text.
     pub fn toml(&self) -> String {
         let mut t = format!(
-            "name = {:?}\ncluster_addr = \"{}\"\nhttp_addr = \"{}\"\n{FAST_MEMBERSHIP}",
-            self.name, self.cluster_addr, self.http_addr
+            "name = {:?}\ncluster_addr = \"{}\"\nhttp_addr = \"{}\"\n{}\n{FAST_MEMBERSHIP}",
+            self.name, self.cluster_addr, self.http_addr, self.top_toml
         );
         // Always a topology: with none configured the daemon would gossip on the host's
         // network, which tests must never do outside their own namespaces.
@@ -179,6 +186,24 @@ impl Daemon {
             .env("RUST_LOG", "info");
         for (k, v) in &spec.env {
             cmd.env(k, v);
+        }
+        if let Some(n) = spec.nofile {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: n as libc::rlim_t,
+                rlim_max: n as libc::rlim_t,
+            };
+            // SAFETY: setrlimit(2) is async-signal-safe; the closure touches nothing
+            // else between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
