@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs every fuzz target (fuzz/fuzz_targets/) for a bounded time, from the committed seed
-# corpora (fuzz/seeds/<target>, made from real traffic by `cargo run --example
-# fuzz_seeds`) plus the working corpus it grows (fuzz/corpus/<target>, not committed).
+# corpora (fuzz/seeds/<target>, written by `cargo run --example fuzz_seeds`: real sealed
+# handshakes, encoded frame streams, gossip heartbeats, the README's configurations)
+# plus the working corpus it grows (fuzz/corpus/<target>, not committed).
 # A crash fails the run; its input is left in fuzz/artifacts/<target>/.
 #
-#   scripts/fuzz.sh                 # every target, FUZZ_SECONDS (default 20) each
-#   scripts/fuzz.sh handshake 600   # one target, ten minutes
+#   scripts/fuzz.sh                        # every target, FUZZ_SECONDS (default 20) each
+#   scripts/fuzz.sh sealed_handshake 600   # one target, ten minutes
 #
 # Needs cargo-fuzz (scripts/setup.sh installs it). Built without a sanitizer
 # (`-s none`): the targets are safe Rust, and this toolchain is stable; libFuzzer's
@@ -14,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
 seconds="${FUZZ_SECONDS:-20}"
-targets=(frame_decoder handshake gossip_packet config_loader)
+targets=(sealed_handshake sealed_records handshake frame_decoder gossip_packet config_loader)
 if [ $# -ge 1 ]; then
     targets=("$1")
 fi

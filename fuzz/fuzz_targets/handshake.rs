@@ -250,7 +250,15 @@ fuzz_target!(|data: &[u8]| {
         now += Duration::from_secs(10);
         h.tick(now);
     }
-    assert!(h.up.is_empty(), "still up after every connection closed: {:?}", h.up);
+    assert!(
+        h.up.is_empty(),
+        "still up after every connection closed: {:?}",
+        h.up
+    );
     assert_eq!(h.core.members().count(), 0);
-    assert_eq!(h.core.connection_count(), 0, "connections left after close and timeouts");
+    assert_eq!(
+        h.core.connection_count(),
+        0,
+        "connections left after close and timeouts"
+    );
 });

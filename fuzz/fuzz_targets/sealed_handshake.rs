@@ -61,10 +61,17 @@ fuzz_target!(|data: &[u8]| {
         match e {
             AuthError::BadVersion(1) => assert_eq!(out, V1_REJECT_BAD_VERSION),
             AuthError::BadVersion(_) | AuthError::NotRallypoint => {
-                assert!(out.is_empty(), "answered bytes of another protocol: {out:?}")
+                assert!(
+                    out.is_empty(),
+                    "answered bytes of another protocol: {out:?}"
+                )
             }
             AuthError::BadCookie | AuthError::Overload => {
-                let code = if matches!(e, AuthError::BadCookie) { 1 } else { 2 };
+                let code = if matches!(e, AuthError::BadCookie) {
+                    1
+                } else {
+                    2
+                };
                 assert_eq!(&out[..PREAMBLE.len()], PREAMBLE);
                 assert_eq!(&out[PREAMBLE.len()..], [0, 0, code]);
                 assert!(pipe.shut, "a refusal closes the connection");
@@ -73,7 +80,8 @@ fuzz_target!(|data: &[u8]| {
                 // Either nothing (msg1 was cut short or too large) or the preamble and
                 // msg2 (msg1 opened; the confirmation did not come or did not verify).
                 assert!(
-                    out.is_empty() || (out.len() <= PREAMBLE.len() + MESSAGE && out.starts_with(&PREAMBLE)),
+                    out.is_empty()
+                        || (out.len() <= PREAMBLE.len() + MESSAGE && out.starts_with(&PREAMBLE)),
                     "the listener wrote {} bytes",
                     out.len()
                 );

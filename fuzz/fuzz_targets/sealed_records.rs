@@ -8,9 +8,9 @@
 //! - byte 0: bits 0-2 pick the reader's `max_frame` (0, 1, 100, 65515, 65519, 65520,
 //!   200,000, 1 MiB); bit 3 the direction (dialler to listener, or back);
 //! - then operations, by their first byte's low two bits: seal a frame (two more bytes:
-//!   its length, times 5 when bit 4 is set, so frames span records); flip a byte of the
-//!   stream so far (two bytes of position, one to XOR with); append raw bytes (a count,
-//!   then the bytes).
+//!   its length, times 5 when bit 4 is set, so frames span records); flip bits of a
+//!   byte of the stream so far (two bytes of position, one to XOR with); append raw
+//!   bytes (a count, then the bytes).
 //!
 //! Whatever comes: no panic; the frames read are exactly the frames sealed, in order,
 //! up to the first one above `max_frame` (refused as `TooLarge`, with its length, as
@@ -29,7 +29,7 @@ use rallypoint_fuzz::{Pipe, complete};
 
 const MAX_FRAMES: [usize; 8] = [0, 1, 100, 65515, 65519, 65520, 200_000, 1 << 20];
 /// At most this many frame bytes are sealed per run.
-const BUDGET: usize = 1 << 18;
+const BUDGET: usize = 1 << 17;
 
 thread_local! {
     static RUNTIME: RefCell<tokio::runtime::Runtime> = RefCell::new(
@@ -85,8 +85,11 @@ fuzz_target!(|data: &[u8]| {
     // Each genuine record's end in the stream.
     let mut record_ends: Vec<usize> = Vec::new();
     let mut frames: Vec<Sealed> = Vec::new();
-    // The first byte that is not as sealed.
-    let mut bad: Option<usize> = None;
+    // The stream as sealed (and injected): flips are told from it at the end (two flips
+    // of one byte may cancel out).
+    let mut pristine: Vec<u8> = Vec::new();
+    // Where bytes were first injected.
+    let mut injected: Option<usize> = None;
     let mut budget = BUDGET;
     while let Some((&op, rest)) = ops.split_first() {
         ops = rest;
@@ -109,6 +112,7 @@ fuzz_target!(|data: &[u8]| {
                 let first = record_ends.len();
                 let start = wire.len();
                 sealer.seal_frame(&frame, &mut wire);
+                pristine.extend_from_slice(&wire[start..]);
                 // Walk the records just sealed.
                 let mut at = start;
                 while at < wire.len() {
@@ -133,19 +137,18 @@ fuzz_target!(|data: &[u8]| {
                     continue;
                 }
                 let at = usize::from(u16::from_be_bytes([p[0], p[1]])) % wire.len();
-                wire[at] ^= p[2].max(1);
-                bad = Some(bad.map_or(at, |b| b.min(at)));
+                wire[at] ^= p[2];
             }
             _ => {
                 let Some((&n, rest)) = ops.split_first() else {
                     break;
                 };
                 let n = usize::from(n).min(rest.len());
-                if n == 0 {
-                    continue;
+                if n > 0 {
+                    injected.get_or_insert(wire.len());
                 }
-                bad = Some(bad.unwrap_or(wire.len()));
                 wire.extend_from_slice(&rest[..n]);
+                pristine.extend_from_slice(&rest[..n]);
                 ops = &rest[n..];
             }
         }
@@ -171,7 +174,13 @@ fuzz_target!(|data: &[u8]| {
         }
     };
 
-    // The first record not as sealed (or past the last: injected after it).
+    // The first byte not as sealed, and its record (or past the last: injected after
+    // it).
+    let flipped = wire.iter().zip(&pristine).position(|(a, b)| a != b);
+    let bad = match (flipped, injected) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let r = bad.map(|b| record_ends.partition_point(|&e| e <= b));
     let before_bad = |rec: usize| r.is_none_or(|r| rec < r);
     for (k, f) in frames.iter().enumerate() {
@@ -213,7 +222,9 @@ fn check(got: &[bytes::Bytes], frames: &[Sealed]) {
     for (k, (g, f)) in got.iter().zip(frames).enumerate() {
         assert_eq!(g.len(), f.len, "frame {k}'s length");
         assert!(
-            g.iter().enumerate().all(|(i, &b)| b == (i as u8) ^ (k as u8)),
+            g.iter()
+                .enumerate()
+                .all(|(i, &b)| b == (i as u8) ^ (k as u8)),
             "frame {k}'s bytes"
         );
     }

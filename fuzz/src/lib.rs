@@ -41,8 +41,8 @@ impl<'a> Iterator for PlainFrames<'a> {
         if self.done || self.rest.len() < 4 {
             return None;
         }
-        let len = u32::from_be_bytes([self.rest[0], self.rest[1], self.rest[2], self.rest[3]])
-            as usize;
+        let len =
+            u32::from_be_bytes([self.rest[0], self.rest[1], self.rest[2], self.rest[3]]) as usize;
         if len > self.max_frame {
             self.done = true;
             return Some(Err(OpenError::TooLarge {

@@ -9,10 +9,11 @@
 //! Every connection first runs the sealed transport's handshake ([`super::seal`]) in a
 //! task of its own; the core hears of it only once the peer has proven the cookie. Until
 //! then a connection holds a fixed few hundred bytes, and at most
-//! [`MAX_UNAUTHENTICATED`] of them are held at once ([`PER_SOURCE_UNAUTHENTICATED`] per
-//! source address): a newer one evicts the oldest, so a flood of connections that
-//! never authenticate cannot keep a real peer (whose handshake takes one round trip)
-//! out.
+//! [`MAX_UNAUTHENTICATED`] of them are held at once. When that many are held, a newer
+//! one evicts the oldest of the source address that holds the most: a flood from a few
+//! addresses evicts its own connections, and a real peer's handshake (one round trip)
+//! is not kept out. (Many nodes behind one address, say on one host, are not limited
+//! until the total is reached.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,10 +55,9 @@ const WRITE_QUEUE_BYTES: usize = 8 << 20;
 /// it full waits (TCP then pushes back on the peer) instead of queueing without bound.
 const NET_QUEUE: usize = 1024;
 /// How many inbound connections may be in the sealed handshake at once (each holds a
-/// few hundred bytes); a newer one evicts the oldest.
+/// few hundred bytes); past it, a newer one evicts the oldest of the source address
+/// holding the most.
 pub const MAX_UNAUTHENTICATED: usize = 1024;
-/// How many of those may come from one source address.
-pub const PER_SOURCE_UNAUTHENTICATED: usize = 64;
 /// How many bytes of sealed records a writer gathers into one write.
 const WRITE_BATCH: usize = 256 << 10;
 
@@ -139,19 +139,17 @@ struct Preauth {
 }
 
 impl Preauth {
-    /// Makes room for one more from `ip`: returns the slot to evict, if one must go.
-    fn victim(&self, ip: IpAddr) -> Option<u64> {
-        if self.per_source.get(&ip).copied().unwrap_or(0) >= PER_SOURCE_UNAUTHENTICATED {
-            return self
-                .pending
-                .iter()
-                .find(|(_, (i, _))| *i == ip)
-                .map(|(slot, _)| *slot);
+    /// Makes room for one more: when full, the slot to evict, the oldest of the source
+    /// that holds the most.
+    fn victim(&self) -> Option<u64> {
+        if self.pending.len() < MAX_UNAUTHENTICATED {
+            return None;
         }
-        if self.pending.len() >= MAX_UNAUTHENTICATED {
-            return self.pending.keys().next().copied();
-        }
-        None
+        let (greedy, _) = self.per_source.iter().max_by_key(|(_, n)| **n)?;
+        self.pending
+            .iter()
+            .find(|(_, (ip, _))| ip == greedy)
+            .map(|(slot, _)| *slot)
     }
 
     fn remove(&mut self, slot: u64) -> Option<AbortHandle> {
@@ -423,7 +421,7 @@ impl Driver {
     /// hears of the connection only once it is authenticated.
     fn preauthenticate(&mut self, mut stream: TcpStream, remote: SocketAddr) {
         let ip = remote.ip();
-        if let Some(victim) = self.preauth.victim(ip) {
+        if let Some(victim) = self.preauth.victim() {
             if let Some(h) = self.preauth.remove(victim) {
                 h.abort();
             }
@@ -434,8 +432,8 @@ impl Driver {
                 "overload",
                 || {
                     format!(
-                        "too many unauthenticated connections ({MAX_UNAUTHENTICATED} in all, \
-                         {PER_SOURCE_UNAUTHENTICATED} per source): dropped the oldest"
+                        "{MAX_UNAUTHENTICATED} unauthenticated connections held: dropped \
+                         the oldest of the source that holds the most"
                     )
                 },
             );
@@ -475,7 +473,10 @@ impl Driver {
 
     /// Starts the reader and writer tasks of an authenticated connection.
     fn attach(&mut self, id: ConnId, stream: TcpStream, session: Session) {
-        let (mut rd, mut wr) = stream.into_split();
+        let (rd, mut wr) = stream.into_split();
+        // Records are read in small pieces (length, then body): buffered, a few syscalls
+        // serve many records.
+        let mut rd = tokio::io::BufReader::with_capacity(64 << 10, rd);
         let (mut sealer, mut opener) = session.split(self.config.max_frame as usize);
         let tx = self.net_tx.clone();
         let reader_task = tokio::spawn(async move {
