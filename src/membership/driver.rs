@@ -476,7 +476,7 @@ impl Driver {
         let (rd, mut wr) = stream.into_split();
         // Records are read in small pieces (length, then body): buffered, a few syscalls
         // serve many records.
-        let mut rd = tokio::io::BufReader::with_capacity(64 << 10, rd);
+        let mut rd = tokio::io::BufReader::with_capacity(16 << 10, rd);
         let (mut sealer, mut opener) = session.split(self.config.max_frame as usize);
         let tx = self.net_tx.clone();
         let reader_task = tokio::spawn(async move {

@@ -190,12 +190,12 @@ impl Session {
             Sealer {
                 keys: self.keys.clone(),
                 nonce: self.sent,
-                scratch: vec![0; 65535],
+                scratch: Vec::new(),
             },
             Opener {
                 keys: self.keys,
                 nonce: self.received,
-                scratch: vec![0; 65535],
+                scratch: Vec::new(),
                 plain: BytesMut::new(),
                 max_frame,
             },
@@ -383,8 +383,12 @@ impl Sealer {
     }
 
     fn seal_record(&mut self, plain: &[u8], out: &mut BytesMut) {
-        // The plaintext is at most MAX_RECORD_PLAINTEXT, the scratch 64 KiB: sealing
-        // cannot fail but for nonce exhaustion after 2^64 records.
+        // Grown to the largest record so far (an idle connection's stay small).
+        if self.scratch.len() < plain.len() + TAG {
+            self.scratch.resize(plain.len() + TAG, 0);
+        }
+        // The plaintext is at most MAX_RECORD_PLAINTEXT and the scratch large enough:
+        // sealing cannot fail but for nonce exhaustion after 2^64 records.
         if let Ok(n) = self
             .keys
             .write_message(self.nonce, plain, &mut self.scratch)
@@ -408,6 +412,9 @@ pub struct Opener {
 impl Opener {
     /// Opens one record's ciphertext (without its length) and appends its plaintext.
     pub fn open_record(&mut self, ciphertext: &[u8]) -> Result<(), OpenError> {
+        if self.scratch.len() < ciphertext.len() {
+            self.scratch.resize(ciphertext.len(), 0);
+        }
         let n = self
             .keys
             .read_message(self.nonce, ciphertext, &mut self.scratch)
@@ -622,7 +629,7 @@ mod tests {
         let fresh = |ob: &Opener| Opener {
             keys: ob.keys.clone(),
             nonce: ob.nonce,
-            scratch: vec![0; 65535],
+            scratch: Vec::new(),
             plain: BytesMut::new(),
             max_frame: 1 << 20,
         };

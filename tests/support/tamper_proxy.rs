@@ -48,6 +48,10 @@ pub enum Tamper {
     Drop,
     /// Hold it, forward the next record, then it.
     Reorder,
+    /// Flip the top bit of its length (a 21-byte record claims 32,789).
+    FlipLength,
+    /// Send three bytes before it: a record of one byte, shorter than any tag.
+    InjectShort,
 }
 
 /// One tampering, armed in advance: applied to the next record that matches.
@@ -123,16 +127,16 @@ impl Proxy {
                 let conn = {
                     let mut s = st.lock().unwrap();
                     s.connections += 1;
-                    s.captured.push((s.connections, Dir::ToListener, Vec::new()));
-                    s.captured.push((s.connections, Dir::ToDialler, Vec::new()));
-                    s.connections
+                    let n = s.connections;
+                    s.captured.push((n, Dir::ToListener, Vec::new()));
+                    s.captured.push((n, Dir::ToDialler, Vec::new()));
+                    n
                 };
                 tx.send_modify(|n| *n += 1);
                 let (ri, wi) = inbound.into_split();
                 let (ro, wo) = outbound.into_split();
                 let up = tokio::spawn(pump(conn, Dir::ToListener, ri, wo, st.clone(), tx.clone()));
-                let down =
-                    tokio::spawn(pump(conn, Dir::ToDialler, ro, wi, st.clone(), tx.clone()));
+                let down = tokio::spawn(pump(conn, Dir::ToDialler, ro, wi, st.clone(), tx.clone()));
                 let mut t = tk.lock().unwrap();
                 t.retain(|h| !h.is_finished());
                 t.push(up);
@@ -188,26 +192,28 @@ impl Proxy {
     /// Waits until `ok` holds of the proxy's state, at most `within`; panics saying
     /// `what` otherwise.
     pub async fn wait(&self, what: &str, within: Duration, ok: impl Fn(&Proxy) -> bool) {
+        if !self.wait_until(within, ok).await {
+            panic!(
+                "proxy: no {what} within {within:?} (connections {}, records {:?}, applied {:?})",
+                self.connections(),
+                self.records(),
+                self.applied()
+            )
+        }
+    }
+
+    /// Waits until `ok` holds of the proxy's state, at most `within`: whether it did.
+    pub async fn wait_until(&self, within: Duration, ok: impl Fn(&Proxy) -> bool) -> bool {
         let deadline = Instant::now() + within;
         let mut rx = self.changed.clone();
         loop {
             rx.borrow_and_update();
             if ok(self) {
-                return;
+                return true;
             }
             match timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {}
-                _ => {
-                    if ok(self) {
-                        return;
-                    }
-                    panic!(
-                        "proxy: no {what} within {within:?} (connections {}, records {:?}, applied {:?})",
-                        self.connections(),
-                        self.records(),
-                        self.applied()
-                    )
-                }
+                _ => return ok(self),
             }
         }
     }
@@ -363,6 +369,14 @@ async fn relay(
                 w.write_all(&unit).await?;
             }
             Tamper::Drop => {}
+            Tamper::FlipLength => {
+                unit[0] ^= 0x80;
+                w.write_all(&unit).await?;
+            }
+            Tamper::InjectShort => {
+                w.write_all(&[0, 1, 0xaa]).await?;
+                w.write_all(&unit).await?;
+            }
             Tamper::Reorder => {
                 held = Some((unit, plan));
                 continue;
