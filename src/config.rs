@@ -493,6 +493,9 @@ fn check_keys(text: &str, origin: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// The largest configuration file read, in bytes.
+pub const MAX_CONFIG_FILE: u64 = 1 << 20;
+
 impl Config {
     /// Loads the configuration: `file` (if any) < the environment variables `env`
     /// (pass `std::env::vars()`; only `RALLYPOINT_*` ones are read) < `flags`.
@@ -501,10 +504,27 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         flags: &Flags,
     ) -> Result<Config, ConfigError> {
-        if let Some(path) = file
-            && let Ok(text) = std::fs::read_to_string(path)
-        {
-            check_keys(&text, &path.display().to_string())?;
+        if let Some(path) = file {
+            // A device or a huge file is refused before anything reads it
+            // (`--config /dev/zero` would be read without end).
+            if let Ok(meta) = std::fs::metadata(path) {
+                if !meta.is_file() {
+                    return Err(ConfigError::Load(format!(
+                        "the configuration {} is not a regular file",
+                        path.display()
+                    )));
+                }
+                if meta.len() > MAX_CONFIG_FILE {
+                    return Err(ConfigError::Load(format!(
+                        "the configuration {} has {} bytes; at most {MAX_CONFIG_FILE} are read",
+                        path.display(),
+                        meta.len()
+                    )));
+                }
+            }
+            if let Ok(text) = std::fs::read_to_string(path) {
+                check_keys(&text, &path.display().to_string())?;
+            }
         }
         let file = file.map(|path| {
             config::File::from(path)

@@ -719,3 +719,15 @@ fn accepted_cookies_come_from_every_layer_and_are_redacted() {
     let c = load("", &[], &Flags::default()).unwrap();
     assert!(c.load_accepted_cookies().unwrap().is_empty());
 }
+
+#[test]
+fn a_device_or_a_huge_file_as_configuration_is_refused_unread() {
+    let e = Config::load(Some(Path::new("/dev/zero")), [], &Flags::default()).unwrap_err();
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.toml");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(MAX_CONFIG_FILE + 1).unwrap();
+    let e = Config::load(Some(&big), [], &Flags::default()).unwrap_err();
+    assert!(e.to_string().contains("at most"), "{e}");
+}
