@@ -502,6 +502,39 @@ async fn node(
     b.start().await.expect("cluster starts")
 }
 
+/// [`node`] again on the address a node that just shut down had: its listener may take a
+/// moment to be gone on a loaded machine, so a bind error is retried, with a deadline.
+async fn restart(
+    name: &str,
+    addr: SocketAddr,
+    hosts: &[SocketAddr],
+    cookie: &str,
+    accept: Option<&str>,
+) -> Cluster {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut b = Cluster::builder()
+            .name(name)
+            .cluster_addr(addr)
+            .cookie(cookie)
+            .membership(fast())
+            .topology(
+                "peers",
+                StaticHosts::new(hosts.iter().map(|a| a.to_string())),
+            );
+        if let Some(c) = accept {
+            b = b.accept_cookie(c);
+        }
+        match b.start().await {
+            Ok(c) => return c,
+            Err(rallypoint::Error::Bind { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cluster starts again on {addr}: {e}"),
+        }
+    }
+}
+
 /// Every membership event of one in-process node, as it comes.
 struct Recorder {
     events: Arc<Mutex<Vec<Update>>>,
@@ -1629,7 +1662,7 @@ async fn rotating_the_cookie_one_restart_at_a_time_never_partitions_the_cluster(
         for i in 0..3 {
             let old_instance = nodes[i].0.local().clone();
             nodes[i].0.shutdown().await;
-            let c = node(&names[i], addrs[i], &addrs, primary, accepted).await;
+            let c = restart(&names[i], addrs[i], &addrs, primary, accepted).await;
             let r = Recorder::start(&c);
             let new_instance = c.local().clone();
             nodes[i] = (c, r);
@@ -1765,8 +1798,7 @@ async fn rotating_the_cookie_of_three_daemons_one_restart_at_a_time_never_partit
             let status = ds[i].wait_exit(DETECT).await;
             assert!(status.success(), "{step}: {} exits 0: {status:?}", names[i]);
             let mut spec = specs[i].clone().cookie(primary);
-            spec.env
-                .retain(|(k, _)| k != "RALLYPOINT_ACCEPT_COOKIES");
+            spec.env.retain(|(k, _)| k != "RALLYPOINT_ACCEPT_COOKIES");
             if let Some(a) = accepted {
                 spec.env
                     .push(("RALLYPOINT_ACCEPT_COOKIES".into(), a.into()));
@@ -1777,14 +1809,21 @@ async fn rotating_the_cookie_of_three_daemons_one_restart_at_a_time_never_partit
             w.wait_members(&others(i), FORM).await;
             for u in &w.seen {
                 if let Seen::Down(n, r) = u {
-                    panic!("{step}: the restarted {} saw {} down ({r})", names[i], n.name);
+                    panic!(
+                        "{step}: the restarted {} saw {} down ({r})",
+                        names[i], n.name
+                    );
                 }
             }
             mark[i] = w.seen.len();
             ws[i] = w;
             for j in (0..3).filter(|j| *j != i) {
                 let up = ws[j].wait_up(&names[i], FORM).await;
-                assert_eq!(up.incarnation, new_inc, "{step}: the new {} at {}", names[i], names[j]);
+                assert_eq!(
+                    up.incarnation, new_inc,
+                    "{step}: the new {} at {}",
+                    names[i], names[j]
+                );
                 let since: Vec<String> = ws[j].seen[mark[j]..]
                     .iter()
                     .map(|s| match s {
@@ -1825,18 +1864,24 @@ async fn rotating_the_cookie_of_three_daemons_one_restart_at_a_time_never_partit
     let mut stale = Spec::new("drot-stale").cookie(OLD);
     stale.peers = specs.iter().map(|s| s.cluster_addr).collect();
     let stale = Daemon::start(stale).await;
-    poll("the stale daemon refused by all three", DETECT, async || {
-        let mut at = Vec::new();
-        for d in &ds {
-            at.push(hf(&scrape(d).await, "bad_cookie"));
-        }
-        let s = hf(&scrape(&stale).await, "bad_cookie");
-        if at.iter().all(|n| *n >= 1) && s >= 3 {
-            Ok(())
-        } else {
-            Err(format!("bad_cookie at the three {at:?}, at the stale daemon {s}"))
-        }
-    })
+    poll(
+        "the stale daemon refused by all three",
+        DETECT,
+        async || {
+            let mut at = Vec::new();
+            for d in &ds {
+                at.push(hf(&scrape(d).await, "bad_cookie"));
+            }
+            let s = hf(&scrape(&stale).await, "bad_cookie");
+            if at.iter().all(|n| *n >= 1) && s >= 3 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "bad_cookie at the three {at:?}, at the stale daemon {s}"
+                ))
+            }
+        },
+    )
     .await;
     assert!(stale.members().await.members.is_empty());
     for (j, w) in ws.iter_mut().enumerate() {

@@ -178,6 +178,8 @@ struct TopologyState {
 pub struct Core {
     config: Config,
     local: Node,
+    /// The address the listener is bound to, when the driver said.
+    listen: Option<SocketAddr>,
     rng: StdRng,
     topologies: Vec<TopologyState>,
     conns: BTreeMap<ConnId, Conn>,
@@ -229,6 +231,7 @@ impl Core {
                 .collect(),
             config,
             local,
+            listen: None,
             rng: StdRng::seed_from_u64(seed),
             conns: BTreeMap::new(),
             next_conn: 0,
@@ -247,6 +250,12 @@ impl Core {
             stats: Stats::default(),
             left: false,
         }
+    }
+
+    /// Tells the core the address its listener is bound to (a wildcard IP included), so
+    /// that it recognises a dial of its own listener by another of its addresses.
+    pub fn set_listen_addr(&mut self, addr: SocketAddr) {
+        self.listen = Some(addr);
     }
 
     // ----- getters -----

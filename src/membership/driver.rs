@@ -192,6 +192,10 @@ pub(crate) async fn run(p: Params) {
         seed,
         Instant::now().into_std(),
     );
+    let mut core = core;
+    if let Ok(bound) = listener.local_addr() {
+        core.set_listen_addr(bound);
+    }
     let (net_tx, mut net_rx) = mpsc::channel(NET_QUEUE);
     let queue_bytes = WRITE_QUEUE_BYTES.max(4 * config.max_frame as usize);
     let mut d = Driver {

@@ -453,13 +453,24 @@ impl Core {
         crate::warn_limit::log(&mut self.warn_limit, now, reason.as_str(), msg);
     }
 
-    /// Whether `addr` is this node's own listening address: its port, on a loopback or
-    /// unspecified IP or its advertised one.
+    /// Whether `addr` is this node's own listener: its advertised address; or, with the
+    /// address it is bound to known ([`Core::set_listen_addr`]), that address, and on a
+    /// wildcard bind its port on a loopback or the advertised IP. (A loopback address
+    /// with its port is not its own when it is bound to another one: something else may
+    /// listen there.)
     pub(super) fn is_own_address(&self, addr: SocketAddr) -> bool {
-        addr.port() == self.local.addr.port()
-            && (addr.ip().is_loopback()
-                || addr.ip().is_unspecified()
-                || addr.ip() == self.local.addr.ip())
+        if addr == self.local.addr {
+            return true;
+        }
+        let Some(bound) = self.listen else {
+            return false;
+        };
+        addr.port() == bound.port()
+            && (addr.ip() == bound.ip()
+                || (bound.ip().is_unspecified()
+                    && (addr.ip().is_loopback()
+                        || addr.ip().is_unspecified()
+                        || addr.ip() == self.local.addr.ip())))
     }
 
     pub(super) fn count_failure(&mut self, reason: &'static str) {

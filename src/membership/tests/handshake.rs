@@ -266,7 +266,9 @@ fn a_node_that_dials_itself_stops_quietly() {
         prune_after: Duration::from_secs(30),
     };
     let mut c = Core::new(local, Config::default(), vec![topo.clone()], 7, now);
-    // Another address of this same node (say 127.0.0.1 while it advertises 10.0.0.1).
+    c.set_listen_addr("0.0.0.0:45893".parse().unwrap());
+    // Another address of this same node (say 127.0.0.1 while it advertises 10.0.0.1 and
+    // is bound to the wildcard).
     let other: std::net::SocketAddr = "127.0.0.1:45893".parse().unwrap();
     c.handle_candidates(
         now,
