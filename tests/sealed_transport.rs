@@ -1666,7 +1666,7 @@ async fn rotating_the_cookie_one_restart_at_a_time_never_partitions_the_cluster(
             let r = Recorder::start(&c);
             let new_instance = c.local().clone();
             nodes[i] = (c, r);
-            let want = vec![
+            let want = [
                 Event::NodeDown {
                     node: old_instance.clone(),
                     reason: DownReason::Left,
