@@ -61,7 +61,7 @@ fn a_bare_name_is_completed_with_the_search_domains_of_resolv_conf() {
     let topology = format!(
         "{FAST}\n[topologies.pods]\nstrategy = \"dns\"\nquery = \"pods\"\ninterval = \"500ms\"\n"
     );
-    let ds = fleet::start_apps(&net, 3, "search", &topology);
+    let ds = fleet::start_apps(&net, 3, "dns-search-test-cookie", &topology);
     wait_full_mesh(&ds, Duration::from_secs(60));
     // Both search domains were asked, in order.
     let asked: Vec<String> = dns.get().queries().into_iter().map(|(_, n, _)| n).collect();

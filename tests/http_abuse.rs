@@ -473,7 +473,7 @@ async fn churn(id: usize, target: SocketAddr, pace: Arc<Pace>) -> usize {
         let node = Cluster::builder()
             .name(name.as_str())
             .cluster_addr("127.0.0.1:0".parse().unwrap())
-            .cookie("test-cookie")
+            .cookie("test-cookie-of-the-daemons")
             .topology("seed", StaticHosts::new([target.to_string()]))
             .start()
             .await
