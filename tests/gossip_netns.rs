@@ -380,7 +380,7 @@ fn a_node_with_another_secret_never_joins_and_is_counted() {
     let elsewhere = start(
         &lab,
         3,
-        "k",
+        COOKIE,
         Config {
             cluster_name: "elsewhere".into(),
             ..gossip()
