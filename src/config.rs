@@ -496,6 +496,21 @@ fn check_keys(text: &str, origin: &str) -> Result<(), ConfigError> {
 /// The largest configuration file read, in bytes.
 pub const MAX_CONFIG_FILE: u64 = 1 << 20;
 
+/// Whether a configuration path may be read: a regular file or a pipe (`--config <(…)`),
+/// not a device, a socket or a directory.
+fn readable_as_config(meta: &std::fs::Metadata) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = meta.file_type();
+        kind.is_file() || kind.is_fifo()
+    }
+    #[cfg(not(unix))]
+    {
+        meta.is_file()
+    }
+}
+
 impl Config {
     /// Loads the configuration: `file` (if any) < the environment variables `env`
     /// (pass `std::env::vars()`; only `RALLYPOINT_*` ones are read) < `flags`.
@@ -506,9 +521,10 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         if let Some(path) = file {
             // A device or a huge file is refused before anything reads it
-            // (`--config /dev/zero` would be read without end).
+            // (`--config /dev/zero` would be read without end). A pipe is read, so that
+            // `--config <(…)` works.
             if let Ok(meta) = std::fs::metadata(path) {
-                if !meta.is_file() {
+                if !readable_as_config(&meta) {
                     return Err(ConfigError::Load(format!(
                         "the configuration {} is not a regular file",
                         path.display()
