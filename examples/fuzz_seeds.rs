@@ -16,7 +16,7 @@
 //!   byte, injected bytes).
 //! - `gossip_packet`: heartbeats a gossip node sends on the loopback multicast group,
 //!   sealed with the fuzz target's secret, and their decrypted bodies;
-//! - `config_loader`: the README's configuration examples.
+//! - `config_loader`: the configuration examples of the manual (docs/daemon.md).
 //!
 //! Run: `cargo run --example fuzz_seeds` (from the repository; writes under
 //! `fuzz/seeds`, after removing what was there).

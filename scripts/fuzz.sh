@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every fuzz target (fuzz/fuzz_targets/) for a bounded time, from the committed seed
 # corpora (fuzz/seeds/<target>, written by `cargo run --example fuzz_seeds`: real sealed
-# handshakes, encoded frame streams, gossip heartbeats, the README's configurations)
+# handshakes, encoded frame streams, gossip heartbeats, the configurations of docs/daemon.md)
 # plus the working corpus it grows (fuzz/corpus/<target>, not committed).
 # A crash fails the run; its input is left in fuzz/artifacts/<target>/.
 #

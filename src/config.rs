@@ -111,7 +111,7 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cookie: Option<Secret>,
     /// More cookies accepted from peers, never used to dial (a rotation: see the
-    /// README's "Rotating the cookie"); each as `cookie`. In the environment
+    /// "Rotating the cookie" in docs/daemon.md); each as `cookie`. In the environment
     /// (`RALLYPOINT_ACCEPT_COOKIES`), comma-separated. Default: none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub accept_cookies: Vec<Secret>,

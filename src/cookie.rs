@@ -377,7 +377,7 @@ fn warn_if_exposed(path: &Path, meta: &Metadata) {
 /// The cookies a node holds: the first (the primary) is used to dial and to send, any of
 /// them is accepted from a peer. Holding two lets a cluster move to a new cookie with no
 /// downtime: first every node accepts the new one, then every node dials with it, then
-/// the old one is dropped (see the README's "Rotating the cookie").
+/// the old one is dropped (see "Rotating the cookie" in docs/daemon.md).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cookies {
     all: Vec<Cookie>,
