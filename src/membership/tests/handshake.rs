@@ -252,8 +252,10 @@ proptest! {
     }
 }
 
-#[test]
-fn a_node_that_dials_itself_stops_quietly() {
+/// A core (advertising 10.0.0.1:45893, bound to `listen` when given) with one topology
+/// listing `target`, that dials it and gets its own `Hello` back on that connection.
+/// Returns the core and the actions after that `Hello`.
+fn own_hello_back_from(target: &str, listen: Option<&str>) -> (Core, Vec<Action>) {
     use std::sync::Arc;
     let now = Instant::now();
     let local = Node {
@@ -265,15 +267,15 @@ fn a_node_that_dials_itself_stops_quietly() {
         authoritative: false,
         prune_after: Duration::from_secs(30),
     };
-    let mut c = Core::new(local, Config::default(), vec![topo.clone()], 7, now);
-    c.set_listen_addr("0.0.0.0:45893".parse().unwrap());
-    // Another address of this same node (say 127.0.0.1 while it advertises 10.0.0.1 and
-    // is bound to the wildcard).
-    let other: std::net::SocketAddr = "127.0.0.1:45893".parse().unwrap();
+    let mut c = Core::new(local, Config::default(), vec![topo], 7, now);
+    if let Some(l) = listen {
+        c.set_listen_addr(l.parse().unwrap());
+    }
+    let target: std::net::SocketAddr = target.parse().unwrap();
     c.handle_candidates(
         now,
         0,
-        Arc::new([crate::strategies::Peer::new(other)].into()),
+        Arc::new([crate::strategies::Peer::new(target)].into()),
     );
     let acts = drain(&mut c);
     let Some(Action::Connect { conn, .. }) = acts.first().cloned() else {
@@ -283,6 +285,14 @@ fn a_node_that_dials_itself_stops_quietly() {
     let ours = sent_hello(&drain(&mut c));
     c.handle_frame(now, conn, Frame::Hello(ours));
     let acts = drain(&mut c);
+    (c, acts)
+}
+
+#[test]
+fn a_node_that_dials_itself_stops_quietly() {
+    // Another address of this same node (127.0.0.1 while it advertises 10.0.0.1 and is
+    // bound to the wildcard).
+    let (mut c, acts) = own_hello_back_from("127.0.0.1:45893", Some("0.0.0.0:45893"));
     assert_eq!(rejected(&acts), None);
     assert_eq!(c.stats().handshake_failures.get("self"), Some(&1));
     // Never dialled again.
@@ -302,32 +312,8 @@ fn a_node_that_dials_itself_stops_quietly() {
 /// there later.
 #[test]
 fn a_dial_reflected_back_from_another_address_is_retried() {
-    use std::sync::Arc;
-    let now = Instant::now();
-    let local = Node {
-        name: "a@h".parse().unwrap(),
-        addr: "10.0.0.1:45893".parse().unwrap(),
-        incarnation: 1,
-    };
-    let topo = crate::membership::core::TopologyInfo {
-        authoritative: false,
-        prune_after: Duration::from_secs(30),
-    };
-    let mut c = Core::new(local, Config::default(), vec![topo], 7, now);
     let peer: std::net::SocketAddr = "10.0.0.7:45893".parse().unwrap();
-    c.handle_candidates(
-        now,
-        0,
-        Arc::new([crate::strategies::Peer::new(peer)].into()),
-    );
-    let acts = drain(&mut c);
-    let Some(Action::Connect { conn, .. }) = acts.first().cloned() else {
-        panic!("{acts:?}")
-    };
-    c.handle_connected(now, conn);
-    let ours = sent_hello(&drain(&mut c));
-    c.handle_frame(now, conn, Frame::Hello(ours));
-    drain(&mut c);
+    let (mut c, _) = own_hello_back_from("10.0.0.7:45893", None);
     let mut redialled = false;
     for _ in 0..100 {
         let t = c.poll_timeout().unwrap();
