@@ -124,7 +124,9 @@ pub struct Sim {
     by_addr: HashMap<SocketAddr, usize>,
     cut: HashSet<(usize, usize)>,
     pairs: HashMap<End, End>,
-    orphans: HashSet<End>,
+    /// Ends whose far end closed across a cut link, with the far node: the next send
+    /// gets a reset once the link works again.
+    orphans: HashMap<End, usize>,
     last_delivery: HashMap<End, Instant>,
     events: Vec<Vec<(Instant, u64, Event)>>,
     processed: u64,
@@ -144,7 +146,7 @@ impl Sim {
             by_addr: HashMap::new(),
             cut: HashSet::new(),
             pairs: HashMap::new(),
-            orphans: HashSet::new(),
+            orphans: HashMap::new(),
             last_delivery: HashMap::new(),
             events: Vec::new(),
             processed: 0,
@@ -546,8 +548,10 @@ impl Sim {
                 Action::Send { conn, frame } => {
                     let me = (i, epoch, conn);
                     let Some(&peer) = self.pairs.get(&me) else {
-                        if self.orphans.contains(&me) {
-                            // The far end is gone: a reset answers, if the link works.
+                        let far = self.orphans.get(&me).copied();
+                        if far.is_some_and(|j| !self.is_cut(i, j)) {
+                            // The far end is gone: a reset answers, if the link works
+                            // (across a cut link the segment is lost and retried).
                             let at = self.now + self.cfg.latency * 2;
                             self.orphans.remove(&me);
                             self.schedule(at, Ev::Closed(me));
@@ -585,7 +589,7 @@ impl Sim {
         };
         self.pairs.remove(&peer);
         if self.is_cut(me.0, peer.0) {
-            self.orphans.insert(peer);
+            self.orphans.insert(peer, me.0);
         } else {
             let base = self.now + self.cfg.latency;
             let at = last.unwrap_or(base).max(base);
