@@ -57,6 +57,7 @@ use crate::events::{DownReason, Event};
 use crate::node::{Node, NodeName};
 use crate::strategies::PeerSet;
 
+mod detect;
 mod handshake;
 mod peers;
 use crate::strategies::backoff::Backoff;
@@ -137,6 +138,10 @@ struct Conn {
     /// For an inbound connection, the address it came from (for logs of refusals
     /// before the peer has said who it is).
     remote: Option<SocketAddr>,
+    /// A probe sent on it and not answered yet (see [`detect`]).
+    probe: Option<detect::Probe>,
+    /// Whether this node told the others that it suspects the peer on it.
+    suspected: bool,
 }
 
 #[derive(Debug)]
@@ -164,6 +169,8 @@ struct UpPeer {
     conn: Option<ConnId>,
     /// With `conn == None`: when the peer counts as down if no connection took over.
     transfer_until: Option<Instant>,
+    /// When it came up (a peer that goes silent soon after keeps its redial backoff).
+    since: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -205,6 +212,23 @@ pub struct Core {
     next_sync: Instant,
     stats: Stats,
     left: bool,
+    // ----- failure detection (see `detect`) -----
+    /// The members up, and this node, by ring position.
+    ring: BTreeSet<(u64, NodeName)>,
+    /// The peers this node watches (the ones after it on the ring).
+    watching: HashSet<NodeName>,
+    /// The peers this node sends heartbeats to (its monitors: the ones before it).
+    beat_to: HashSet<NodeName>,
+    /// Peers that probed this node lately, and until when they get heartbeats.
+    requesters: HashMap<NodeName, Instant>,
+    /// The local-health score (0–8): how starved this node is.
+    health: u32,
+    /// When this node last swept its quiet members with probes.
+    last_sweep: Option<Instant>,
+    /// The detector's next deadline.
+    next_check: Instant,
+    /// The earliest deadline of the probes sent during one `detect`.
+    pending_deadline: Option<Instant>,
 }
 
 impl Core {
@@ -219,6 +243,7 @@ impl Core {
         now: Instant,
     ) -> Self {
         let digest = wire::member_hash(local.name.as_str(), local.incarnation);
+        let local_name = local.name.clone();
         let next_tick = now + config.heartbeat_interval;
         let next_sync = now + config.sync_interval;
         Core {
@@ -249,6 +274,14 @@ impl Core {
             next_sync,
             stats: Stats::default(),
             left: false,
+            ring: BTreeSet::from([detect::ring_key(&local_name)]),
+            watching: HashSet::new(),
+            beat_to: HashSet::new(),
+            requesters: HashMap::new(),
+            health: 0,
+            last_sweep: None,
+            next_check: next_tick,
+            pending_deadline: None,
         }
     }
 
@@ -331,7 +364,7 @@ impl Core {
     /// When [`handle_timeout`](Self::handle_timeout) must next be called. `None` after
     /// [`leave`](Self::leave).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        (!self.left).then_some(self.next_tick)
+        (!self.left).then_some(self.next_tick.min(self.next_check))
     }
 
     // ----- inputs -----
@@ -346,11 +379,14 @@ impl Core {
                 .resize_with(topology + 1, TopologyState::default);
         }
         let old = std::mem::replace(&mut self.topologies[topology].peers, peers.clone());
-        let removed: Vec<SocketAddr> = old
-            .iter()
-            .map(|p| p.addr)
-            .filter(|a| !peers.iter().any(|p| p.addr == *a))
-            .collect();
+        if Arc::ptr_eq(&old, &peers) || *old == *peers {
+            // The same set (a strategy's counters changed): only what is due.
+            self.dial_due(now);
+            return;
+        }
+        let old_addrs: HashSet<SocketAddr> = old.iter().map(|p| p.addr).collect();
+        let new_addrs: HashSet<SocketAddr> = peers.iter().map(|p| p.addr).collect();
+        let removed: Vec<SocketAddr> = old_addrs.difference(&new_addrs).copied().collect();
         for addr in removed {
             if let Some(t) = self.targets.get_mut(&addr) {
                 t.topologies.remove(&topology);
@@ -377,6 +413,12 @@ impl Core {
             t.topologies.insert(topology);
             if p.name.is_some() {
                 t.name = p.name.clone();
+            }
+            if !old_addrs.contains(&p.addr) {
+                // Listed again (heard by gossip again, back in a strategy's set): it is
+                // likely reachable now, so it is dialled at once, not after the backoff
+                // its failures built up.
+                t.retry_at = now;
             }
         }
         self.check_pruning(now);
@@ -549,6 +591,14 @@ impl Core {
                 self.on_accept(now, conn, exchange)
             }
             (Phase::Established, Frame::Heartbeat) => {}
+            (Phase::Established, Frame::Probe) => {
+                if let Some(p) = c.peer.as_ref().map(|p| p.name.clone()) {
+                    self.on_probe(now, conn, &p);
+                }
+            }
+            (Phase::Established, Frame::Suspect { name, incarnation }) => {
+                self.on_suspect(now, &name, incarnation)
+            }
             (Phase::Established, Frame::Members(list)) => self.learn(now, list),
             (Phase::Established, Frame::Sync { digest, reply }) => {
                 if digest != self.digest {
@@ -617,44 +667,38 @@ impl Core {
     /// The deadline from [`poll_timeout`](Self::poll_timeout) passed: heartbeats,
     /// timeouts, pruning, anti-entropy, redials.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.left || now < self.next_tick {
+        if self.left || now < self.next_tick.min(self.next_check) {
             return;
         }
+        let tick = now >= self.next_tick;
+        if !tick {
+            // Only the failure detector's own deadline.
+            self.detect(now, false);
+            return;
+        }
+        self.note_tick_lateness(now.saturating_duration_since(self.next_tick));
         self.next_tick = now + self.config.heartbeat_interval;
-        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
-        for id in ids {
-            let Some(c) = self.conns.get(&id) else {
+        let pending: Vec<(ConnId, Phase, Instant)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.phase != Phase::Established)
+            .map(|(id, c)| (*id, c.phase, c.opened))
+            .collect();
+        for (id, phase, opened) in pending {
+            if now < opened + self.config.handshake_timeout {
                 continue;
-            };
-            match c.phase {
-                Phase::Dialing | Phase::Handshake => {
-                    if now >= c.opened + self.config.handshake_timeout {
-                        if c.phase == Phase::Dialing {
-                            self.handle_dial_failed(now, id, "timeout");
-                        } else {
-                            self.count_failure("timeout");
-                            tracing::debug!(conn = id.0, "handshake timed out");
-                            if let Some(addr) = self.close(id).and_then(|c| c.target) {
-                                self.target_failed(now, addr, "handshake timed out");
-                            }
-                        }
-                    }
-                }
-                Phase::Established => {
-                    if now >= c.last_recv + self.config.down_after {
-                        if let Some(p) = c.peer.clone() {
-                            self.down(now, &p.name, DownReason::HeartbeatTimeout);
-                        }
-                        self.close(id);
-                    } else {
-                        self.actions.push_back(Action::Send {
-                            conn: id,
-                            frame: Frame::Heartbeat,
-                        });
-                    }
+            }
+            if phase == Phase::Dialing {
+                self.handle_dial_failed(now, id, "timeout");
+            } else {
+                self.count_failure("timeout");
+                tracing::debug!(conn = id.0, "handshake timed out");
+                if let Some(addr) = self.close(id).and_then(|c| c.target) {
+                    self.target_failed(now, addr, "handshake timed out");
                 }
             }
         }
+        self.detect(now, true);
         let stranded: Vec<NodeName> = self
             .up
             .iter()
@@ -709,6 +753,9 @@ impl Core {
         self.up.clear();
         self.up_by_addr.clear();
         self.targets.clear();
+        self.ring.clear();
+        self.watching.clear();
+        self.beat_to.clear();
     }
 }
 
@@ -735,5 +782,7 @@ fn frame_kind(f: &Frame) -> &'static str {
         Frame::Sync { .. } => "sync",
         Frame::Leave => "leave",
         Frame::Message { .. } => "message",
+        Frame::Probe => "probe",
+        Frame::Suspect { .. } => "suspect",
     }
 }

@@ -55,6 +55,11 @@ pub struct Config {
     /// The largest frame accepted, in bytes; a peer that sends a larger one is cut off.
     /// Default 1 MiB.
     pub max_frame: u32,
+    /// How many peers watch each node for silence (its monitors on the ring; Akka's
+    /// `monitored-by-nr-of-members`). Heartbeats go to these only, so their cost per
+    /// node does not grow with the cluster; a closed connection is noticed on every
+    /// connection regardless. Default 5.
+    pub monitored_by: usize,
 }
 
 impl Default for Config {
@@ -68,6 +73,7 @@ impl Default for Config {
             sync_interval: Duration::from_secs(5),
             forget_after: Duration::from_secs(600),
             max_frame: 1 << 20,
+            monitored_by: 5,
         }
     }
 }
@@ -125,6 +131,13 @@ impl Config {
         if self.sync_interval.is_zero() {
             return err("sync_interval", self.sync_interval, "a positive duration");
         }
+        if self.monitored_by == 0 {
+            return Err(ConfigError {
+                key: "monitored_by",
+                value: "0".to_string(),
+                expected: "at least 1",
+            });
+        }
         if self.max_frame < 1024 {
             return Err(ConfigError {
                 key: "max_frame",
@@ -158,4 +171,8 @@ pub struct Stats {
     pub nodedowns: u64,
     /// Pub/sub messages not sent because the peer's write queue was too full.
     pub messages_dropped: u64,
+    /// The failure detector's local-health score now (0 = healthy, up to 8): raised
+    /// while this node's own timer fires late, and multiplying its timeouts by
+    /// `1 + score`. A gauge, not a counter.
+    pub local_health: u32,
 }

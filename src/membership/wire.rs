@@ -125,6 +125,20 @@ pub enum Frame {
         /// Opaque payload.
         payload: Vec<u8>,
     },
+    /// Asks the receiver for a sign of life: it answers at once with a
+    /// [`Frame::Heartbeat`], and keeps sending heartbeats to the sender for `down_after`
+    /// (so a monitor whose view of the ring differs from the peer's still hears it).
+    Probe,
+    /// The sender, a monitor of the named node, has heard nothing from it for most of
+    /// `down_after`. Each receiver confirms on its own connection (a [`Frame::Probe`])
+    /// before it reports the node down: one bad link cannot take a node out of every
+    /// view.
+    Suspect {
+        /// The silent node's name.
+        name: String,
+        /// Its incarnation, as the sender has it up.
+        incarnation: u64,
+    },
 }
 
 /// Why bytes could not be decoded as a frame.
@@ -246,6 +260,11 @@ mod tests {
             Frame::Message {
                 topic: "t".into(),
                 payload: vec![1, 2],
+            },
+            Frame::Probe,
+            Frame::Suspect {
+                name: "c@h".into(),
+                incarnation: 3,
             },
         ] {
             assert_eq!(decode(&encode(&f)).unwrap(), f);

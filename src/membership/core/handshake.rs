@@ -33,6 +33,8 @@ impl Core {
                 exchange,
                 peer_nonce: [0; 32],
                 remote: None,
+                probe: None,
+                suspected: false,
             },
         );
         id
@@ -133,6 +135,9 @@ impl Core {
                 old.node.addr,
                 heard.as_millis()
             );
+            if let Some(e) = old.conn {
+                self.probe_if_quiet(now, e);
+            }
             return self.refuse(now, conn, RejectReason::NameClash, &detail);
         }
         let exchange =
@@ -156,6 +161,7 @@ impl Core {
             && let Some(e) = u.conn
             && self.still_alive(now, Some(e)).is_some()
         {
+            self.probe_if_quiet(now, e);
             rivals.push(e);
         }
         for rival in rivals {
@@ -214,6 +220,7 @@ impl Core {
                         if self.conn_key(e) < self.conn_key(conn)
                             && self.still_alive(now, Some(e)).is_some() =>
                     {
+                        self.probe_if_quiet(now, e);
                         self.count_failure("duplicate");
                         self.actions.push_back(Action::Send {
                             conn,
@@ -241,6 +248,9 @@ impl Core {
                     old.node.incarnation,
                     heard.as_millis()
                 );
+                if let Some(e) = old.conn {
+                    self.probe_if_quiet(now, e);
+                }
                 return self.refuse(now, conn, RejectReason::NameClash, &detail);
             } else {
                 tracing::info!(peer = %peer.name, "peer restarted: replacing the old incarnation");
@@ -265,7 +275,9 @@ impl Core {
                 if t.warned {
                     tracing::info!(peer = %peer.name, %addr, "peer reachable again");
                 }
-                t.backoff.reset();
+                // The backoff is reset when the peer goes down after a stable run (see
+                // `down`), not here: a link that lets handshakes through but then goes
+                // silent keeps backing off.
                 t.warned = false;
                 t.name = Some(peer.name.clone());
             }
@@ -289,8 +301,11 @@ impl Core {
                 node: peer.clone(),
                 conn: Some(conn),
                 transfer_until: None,
+                since: now,
             },
         );
+        self.ring.insert(detect::ring_key(&peer.name));
+        self.rebuild_ring(now);
         self.stats.nodeups += 1;
         tracing::info!(peer = %peer, "node up");
         self.actions.push_back(Action::Emit(Event::NodeUp(peer)));
@@ -331,7 +346,13 @@ impl Core {
             .saturating_mul(3)
             .min(self.config.down_after);
         let heard = now.saturating_duration_since(c.last_recv);
-        (heard < fresh).then_some(heard)
+        // A connection this node does not watch carries no heartbeats: it counts as
+        // alive until a probe says otherwise (the caller sends one).
+        let watched = c
+            .peer
+            .as_ref()
+            .is_some_and(|p| self.watching.contains(&p.name));
+        (heard < fresh || !watched).then_some(heard)
     }
 
     /// The order both sides agree on between two connections of the same pair: the

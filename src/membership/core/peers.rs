@@ -15,6 +15,9 @@ impl Core {
         if self.up_by_addr.get(&u.node.addr) == Some(name) {
             self.up_by_addr.remove(&u.node.addr);
         }
+        self.ring.remove(&detect::ring_key(name));
+        self.rebuild_ring(now);
+        self.requesters.remove(name);
         self.digest ^= wire::member_hash(name.as_str(), u.node.incarnation);
         self.absent.remove(name);
         self.was_authoritative.remove(name);
@@ -31,14 +34,18 @@ impl Core {
             self.close(conn);
         }
         // Redial after the initial backoff (not at once: a peer that just died is likely
-        // still unreachable).
+        // still unreachable). A peer that went silent soon after it came up keeps its
+        // growing backoff: a link that carries handshakes but not heartbeats must not
+        // become a cut-and-redial loop.
         let delay = self.config.reconnect_initial;
-        for addr in [u.node.addr] {
-            if let Some(t) = self.targets.get_mut(&addr) {
+        let stable =
+            now.saturating_duration_since(u.since) >= self.config.down_after.saturating_mul(10);
+        if let Some(t) = self.targets.get_mut(&u.node.addr) {
+            if reason != DownReason::HeartbeatTimeout || stable {
                 t.backoff.reset();
-                let d = t.backoff.next_delay(&mut self.rng).max(delay.mul_f64(0.5));
-                t.retry_at = now + d;
             }
+            let d = t.backoff.next_delay(&mut self.rng).max(delay.mul_f64(0.5));
+            t.retry_at = now + d;
         }
     }
 
