@@ -518,9 +518,28 @@ fn raise_nofile() {
         rlim_max: want,
     };
     // SAFETY: a valid pointer to an rlimit.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        eprintln!("scale: could not raise RLIMIT_NOFILE to {want}");
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
+        return;
     }
+    // Not allowed to raise the hard limit (a container, no CAP_SYS_RESOURCE): the soft
+    // limit can still go up to it.
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointers to rlimits.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur) == 0 && {
+            cur.rlim_cur = cur.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &cur) == 0
+        }
+    };
+    eprintln!(
+        "scale: could not raise RLIMIT_NOFILE to {want}; soft limit {} ({}): a full mesh \
+         of N nodes in one process needs about 2·N² descriptors",
+        cur.rlim_cur,
+        if raised { "raised to the hard limit" } else { "unchanged" }
+    );
 }
 
 // ---------------------------------------------------------------------------------------
