@@ -538,7 +538,11 @@ fn raise_nofile() {
         "scale: could not raise RLIMIT_NOFILE to {want}; soft limit {} ({}): a full mesh \
          of N nodes in one process needs about 2·N² descriptors",
         cur.rlim_cur,
-        if raised { "raised to the hard limit" } else { "unchanged" }
+        if raised {
+            "raised to the hard limit"
+        } else {
+            "unchanged"
+        }
     );
 }
 
