@@ -123,6 +123,9 @@ pub struct Sim {
     nodes: Vec<SimNode>,
     by_addr: HashMap<SocketAddr, usize>,
     cut: HashSet<(usize, usize)>,
+    /// Links that lose what goes one way only: `(from, to)`.
+    one_way: HashSet<(usize, usize)>,
+    frames_sent: u64,
     pairs: HashMap<End, End>,
     /// Ends whose far end closed across a cut link, with the far node: the next send
     /// gets a reset once the link works again.
@@ -150,6 +153,8 @@ impl Sim {
             last_delivery: HashMap::new(),
             events: Vec::new(),
             processed: 0,
+            one_way: HashSet::new(),
+            frames_sent: 0,
             delivered: 0,
         }
     }
@@ -211,6 +216,11 @@ impl Sim {
     /// How many scheduled events were processed so far.
     pub fn processed(&self) -> u64 {
         self.processed
+    }
+
+    /// How many frames nodes have sent so far (lost ones included).
+    pub fn frames_sent(&self) -> u64 {
+        self.frames_sent
     }
 
     /// How many pub/sub messages were delivered to nodes so far.
@@ -337,9 +347,16 @@ impl Sim {
         self.cut.insert((a.min(b), a.max(b)));
     }
 
+    /// Loses everything `from` sends to `to` (connections already open stay open; new
+    /// ones cannot complete a handshake). The other direction still works.
+    pub fn cut_one_way(&mut self, from: usize, to: usize) {
+        self.one_way.insert((from, to));
+    }
+
     /// Restores every link.
     pub fn heal(&mut self) {
         self.cut.clear();
+        self.one_way.clear();
     }
 
     /// Sets the frame "loss" probability (each lost frame is delayed by one `rto`).
@@ -354,8 +371,16 @@ impl Sim {
         self.cfg.jitter.mul_f64(self.rng.gen_range(0.0..1.0))
     }
 
+    /// Whether the link between `a` and `b` is cut in either direction.
     fn is_cut(&self, a: usize, b: usize) -> bool {
         self.cut.contains(&(a.min(b), a.max(b)))
+            || self.one_way.contains(&(a, b))
+            || self.one_way.contains(&(b, a))
+    }
+
+    /// Whether what `from` sends to `to` is lost.
+    fn loses(&self, from: usize, to: usize) -> bool {
+        self.cut.contains(&(from.min(to), from.max(to))) || self.one_way.contains(&(from, to))
     }
 
     fn schedule(&mut self, at: Instant, ev: Ev) {
@@ -558,7 +583,8 @@ impl Sim {
                         }
                         continue;
                     };
-                    if self.is_cut(i, peer.0) {
+                    self.frames_sent += 1;
+                    if self.loses(i, peer.0) {
                         continue;
                     }
                     let mut at = self.now + self.cfg.latency + self.jitter();
@@ -588,7 +614,7 @@ impl Sim {
             return;
         };
         self.pairs.remove(&peer);
-        if self.is_cut(me.0, peer.0) {
+        if self.loses(me.0, peer.0) {
             self.orphans.insert(peer, me.0);
         } else {
             let base = self.now + self.cfg.latency;

@@ -12,6 +12,7 @@ use super::core::TopologyInfo;
 use super::sim::{Sim, SimConfig};
 use crate::events::{DownReason, Event};
 
+mod detect;
 mod handshake;
 
 fn static_topology() -> Vec<TopologyInfo> {
@@ -22,7 +23,7 @@ fn static_topology() -> Vec<TopologyInfo> {
 }
 
 /// `n` nodes that all know node 0 only, started.
-fn seeded_cluster(n: usize, cfg: SimConfig) -> Sim {
+pub(super) fn seeded_cluster(n: usize, cfg: SimConfig) -> Sim {
     let mut sim = Sim::new(cfg);
     for _ in 0..n {
         sim.add_node("cookie", static_topology());
@@ -36,7 +37,7 @@ fn seeded_cluster(n: usize, cfg: SimConfig) -> Sim {
     sim
 }
 
-fn all(n: usize) -> Vec<usize> {
+pub(super) fn all(n: usize) -> Vec<usize> {
     (0..n).collect()
 }
 
@@ -419,6 +420,7 @@ fn heartbeats_time_out_a_silent_peer_but_loss_does_not() {
 #[derive(Clone, Debug)]
 enum Fault {
     Cut(usize, usize),
+    OneWay(usize, usize),
     Heal,
     Crash(usize),
     Start(usize),
@@ -430,6 +432,7 @@ enum Fault {
 fn fault(n: usize) -> impl Strategy<Value = Fault> {
     prop_oneof![
         (0..n, 0..n).prop_map(|(a, b)| Fault::Cut(a, b)),
+        (0..n, 0..n).prop_map(|(a, b)| Fault::OneWay(a, b)),
         Just(Fault::Heal),
         (0..n).prop_map(Fault::Crash),
         (0..n).prop_map(Fault::Start),
@@ -463,6 +466,7 @@ proptest! {
         for f in faults {
             match f {
                 Fault::Cut(a, b) if a < n && b < n && a != b => sim.cut_link(a, b),
+                Fault::OneWay(a, b) if a < n && b < n && a != b => sim.cut_one_way(a, b),
                 Fault::Heal => sim.heal(),
                 Fault::Crash(i) if i < n => sim.crash(i),
                 Fault::Start(i) if i < n => sim.start(i),
