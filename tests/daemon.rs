@@ -783,6 +783,7 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
             .unwrap_or_else(|| panic!("no sample {k} in {m:#?}"))
     };
     assert_eq!(get("rallypoint_members"), 2.0);
+    assert_eq!(get("rallypoint_local_health"), 0.0);
     assert!(get("rallypoint_events_total{kind=\"nodeup\"}") >= 2.0);
     assert_eq!(get("rallypoint_events_total{kind=\"nodedown\"}"), 0.0);
     assert!(get("rallypoint_handshake_failures_total{reason=\"bad_cookie\"}") >= 1.0);

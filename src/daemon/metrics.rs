@@ -9,6 +9,7 @@
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `rallypoint_members` | gauge | |
+//! | `rallypoint_local_health` | gauge | |
 //! | `rallypoint_events_total` | counter | `kind`: `nodeup`, `nodedown` |
 //! | `rallypoint_connect_attempts_total` | counter | `result`: `ok`, `refused`, `timeout`, `error` |
 //! | `rallypoint_handshake_failures_total` | counter | `reason`: `bad_cookie`, `name_clash`, … |
@@ -261,6 +262,14 @@ impl Collector for NodeCollector {
             MetricType::Gauge,
         )?;
         ConstGauge::new(self.cluster.members().len() as i64).encode(members)?;
+        let health = encoder.encode_descriptor(
+            "rallypoint_local_health",
+            "The failure detector's local-health score (0 healthy, up to 8): raised while \
+             this node's own timer fires late; its timeouts are stretched by 1 + score.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(stats.local_health)).encode(health)?;
 
         counter_family(
             &mut encoder,
