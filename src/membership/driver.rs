@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use std::collections::BTreeMap;
@@ -58,6 +58,11 @@ const NET_QUEUE: usize = 1024;
 /// few hundred bytes); past it, a newer one evicts the oldest of the source address
 /// holding the most.
 pub const MAX_UNAUTHENTICATED: usize = 1024;
+/// The read buffer of each connection.
+const READ_BUFFER: usize = 2 << 10;
+/// A writer's buffer larger than this is let go once written: bursts are rare, and
+/// every peer has one.
+const KEEP_BUFFER: usize = 16 << 10;
 /// How many bytes of sealed records a writer gathers into one write.
 const WRITE_BATCH: usize = 256 << 10;
 
@@ -105,6 +110,10 @@ enum NetEvent {
 
 struct ConnIo {
     writer: mpsc::Sender<Bytes>,
+    /// When the reader last opened a heartbeat, in µs after [`Driver::epoch`] (0: none
+    /// since the driver last looked). Heartbeats stop there: liveness is noted where the
+    /// bytes arrive, and the core reads it when it next runs.
+    heard: Arc<AtomicU64>,
     /// Bytes queued on `writer` and not yet written to the socket.
     queued: Arc<AtomicUsize>,
     reader: JoinHandle<()>,
@@ -113,6 +122,8 @@ struct ConnIo {
 
 struct Driver {
     core: Core,
+    /// The zero of the readers' [`ConnIo::heard`] clocks.
+    epoch: std::time::Instant,
     config: Config,
     bus: Arc<Bus>,
     stats: watch::Sender<Stats>,
@@ -199,6 +210,7 @@ pub(crate) async fn run(p: Params) {
     let (net_tx, mut net_rx) = mpsc::channel(NET_QUEUE);
     let queue_bytes = WRITE_QUEUE_BYTES.max(4 * config.max_frame as usize);
     let mut d = Driver {
+        epoch: std::time::Instant::now(),
         queue_bytes,
         core,
         config,
@@ -265,6 +277,7 @@ pub(crate) async fn run(p: Params) {
                 }
             }
             _ = sleep_until(deadline) => {
+                d.note_heard();
                 d.core.handle_timeout(Instant::now().into_std());
             }
         }
@@ -279,7 +292,19 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 impl Driver {
+    /// Tells the core of the heartbeats the readers opened since it last heard.
+    fn note_heard(&mut self) {
+        for (id, io) in &self.conns {
+            let us = io.heard.swap(0, Ordering::Relaxed);
+            if us != 0 {
+                self.core
+                    .note_heard(*id, self.epoch + Duration::from_micros(us));
+            }
+        }
+    }
+
     fn on_net(&mut self, ev: NetEvent) {
+        self.note_heard();
         let now = Instant::now().into_std();
         match ev {
             NetEvent::Connected(id, stream, session) => {
@@ -479,10 +504,14 @@ impl Driver {
     fn attach(&mut self, id: ConnId, stream: TcpStream, session: Session) {
         let (rd, mut wr) = stream.into_split();
         // Records are read in small pieces (length, then body): buffered, a few syscalls
-        // serve many records.
-        let mut rd = tokio::io::BufReader::with_capacity(16 << 10, rd);
+        // serve many records. The buffer is small because every peer has one (a larger
+        // read than it goes to the socket directly).
+        let mut rd = tokio::io::BufReader::with_capacity(READ_BUFFER, rd);
         let (mut sealer, mut opener) = session.split(self.config.max_frame as usize);
         let tx = self.net_tx.clone();
+        let heard = Arc::new(AtomicU64::new(0));
+        let heard_here = heard.clone();
+        let epoch = self.epoch;
         let reader_task = tokio::spawn(async move {
             let mut buf = Vec::new();
             loop {
@@ -491,6 +520,14 @@ impl Driver {
                     let ev = match opener.next_frame() {
                         Ok(None) => break,
                         Ok(Some(bytes)) => match wire::decode(&bytes) {
+                            Ok(Frame::Heartbeat) => {
+                                let us = epoch.elapsed().as_micros().max(1);
+                                heard_here.store(
+                                    u64::try_from(us).unwrap_or(u64::MAX),
+                                    Ordering::Relaxed,
+                                );
+                                continue;
+                            }
                             Ok(frame) => NetEvent::Frame(id, frame),
                             Err(e) => NetEvent::Bad(id, e),
                         },
@@ -538,6 +575,10 @@ impl Driver {
                     Ok(Ok(())) => {
                         written.fetch_sub(len, Ordering::Relaxed);
                         out.clear();
+                        if out.capacity() > KEEP_BUFFER {
+                            // A burst is over: do not keep its buffer for every peer.
+                            out = BytesMut::new();
+                        }
                     }
                     // A write error means the connection is closing: the reader reports
                     // it, in order after the frames the peer sent before (a `Reject` of
@@ -556,6 +597,7 @@ impl Driver {
         self.conns.insert(
             id,
             ConnIo {
+                heard,
                 writer: wtx,
                 queued,
                 reader: reader_task,

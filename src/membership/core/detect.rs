@@ -354,11 +354,7 @@ impl Core {
             let Some(peer) = self.conns.get(&conn).and_then(|c| c.peer.clone()) else {
                 continue;
             };
-            if !self
-                .up
-                .get(&peer.name)
-                .is_some_and(|u| u.conn == Some(conn))
-            {
+            if self.up.get(&peer.name).is_none_or(|u| u.conn != Some(conn)) {
                 self.close(conn);
                 continue;
             }
