@@ -74,7 +74,10 @@ fn frames_per_node_stay_flat_as_the_cluster_grows() {
     let (lo, hi) = rates
         .iter()
         .fold((f64::MAX, 0.0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
-    assert!(hi <= lo * 1.25, "frames per node per second grow with N: {rates:?}");
+    assert!(
+        hi <= lo * 1.25,
+        "frames per node per second grow with N: {rates:?}"
+    );
 }
 
 #[test]
@@ -97,7 +100,10 @@ fn at_a_thousand_nodes_silence_is_down_everywhere_in_bound_and_a_bad_link_nowher
         sim.run_for(Duration::from_secs(30), u64::MAX);
         for i in 0..n {
             let downs = downs_since(&sim, i, before[i]);
-            assert!(downs.is_empty(), "seed {seed}: node {i} false downs {downs:?}");
+            assert!(
+                downs.is_empty(),
+                "seed {seed}: node {i} false downs {downs:?}"
+            );
         }
 
         // One bad link: everything `x` sends to one of its monitors is lost. That
@@ -154,12 +160,15 @@ fn at_a_thousand_nodes_silence_is_down_everywhere_in_bound_and_a_bad_link_nowher
         let cut_at = sim.now();
         sim.partition(&[vec![y], others.clone()]);
         let seen = |s: &Sim| {
-            others
-                .iter()
-                .all(|&i| downs_since(s, i, before[i]).iter().any(|(p, _, _)| *p == y_name))
+            others.iter().all(|&i| {
+                downs_since(s, i, before[i])
+                    .iter()
+                    .any(|(p, _, _)| *p == y_name)
+            })
         };
         assert!(
-            sim.run_until(d * 4, Duration::from_millis(20), seen).is_some(),
+            sim.run_until(d * 4, Duration::from_millis(20), seen)
+                .is_some(),
             "seed {seed}: the silent node {y} was not reported down everywhere"
         );
         let mut late = BTreeSet::new();
@@ -167,7 +176,11 @@ fn at_a_thousand_nodes_silence_is_down_everywhere_in_bound_and_a_bad_link_nowher
             let downs = downs_since(&sim, i, before[i]);
             assert_eq!(downs.len(), 1, "seed {seed}: node {i}: {downs:?}");
             let (_, reason, at) = &downs[0];
-            assert_eq!(*reason, DownReason::HeartbeatTimeout, "seed {seed}: node {i}");
+            assert_eq!(
+                *reason,
+                DownReason::HeartbeatTimeout,
+                "seed {seed}: node {i}"
+            );
             if *at > cut_at + bound {
                 late.insert((i, *at - cut_at));
             }
