@@ -84,7 +84,8 @@ pub const STATIC_HOSTS_TOPOLOGY: &str = "static";
 /// The daemon's whole configuration, with defaults filled in.
 #[derive(Clone, Debug, Serialize)]
 pub struct Config {
-    /// This node's name, `basename@host`. Default `rallypoint@<hostname>`.
+    /// This node's name, `basename@host`. Default `rallypoint@<hostname>`, or
+    /// `rallypoint-<port>@<hostname>` when the cluster port is not the default 45893.
     pub name: NodeName,
     /// The address the cluster listener binds (TCP). Default `0.0.0.0:45893`.
     pub cluster_addr: SocketAddr,
@@ -401,6 +402,112 @@ fn from(origin: &Option<String>) -> String {
     }
 }
 
+/// Where a value came from, for people: a value from the environment names its
+/// variable (`RALLYPOINT_MEMBERSHIP__HEARTBEAT_INTERVAL`); a misspelt key or value gets
+/// the known one it is closest to.
+fn for_humans(e: ConfigError) -> ConfigError {
+    let env_var = |key: &str, origin: Option<String>| match origin.as_deref() {
+        Some("the environment") if !key.starts_with(ENV_PREFIX) => {
+            Some(format!("the environment variable {}", env_var_of(key)))
+        }
+        _ => origin,
+    };
+    match e {
+        ConfigError::UnknownKey {
+            key,
+            origin,
+            expected,
+        } => {
+            let last = key.rsplit('.').next().unwrap_or(&key).to_owned();
+            let origin = env_var(&key, origin);
+            let expected = match closest(&last, &expected) {
+                Some(near) => format!("{expected}; did you mean `{near}`?"),
+                None => expected,
+            };
+            ConfigError::UnknownKey {
+                key,
+                origin,
+                expected,
+            }
+        }
+        ConfigError::BadValue {
+            key,
+            value,
+            origin,
+            expected,
+        } => {
+            let origin = env_var(&key, origin);
+            let given = value.trim_matches('"');
+            let expected = match expected
+                .starts_with("one of")
+                .then(|| closest(given, &expected))
+                .flatten()
+            {
+                Some(near) => format!("{expected}; did you mean `{near}`?"),
+                None => expected,
+            };
+            ConfigError::BadValue {
+                key,
+                value,
+                origin,
+                expected,
+            }
+        }
+        e => e,
+    }
+}
+
+/// The environment variable that sets `key` (`membership.down_after` →
+/// `RALLYPOINT_MEMBERSHIP__DOWN_AFTER`; an item `hosts[2]` → its list's variable).
+fn env_var_of(key: &str) -> String {
+    let path: Vec<String> = key
+        .split('.')
+        .map(|seg| seg.split('[').next().unwrap_or(seg).to_uppercase())
+        .collect();
+    format!("{ENV_PREFIX}_{}", path.join("__"))
+}
+
+/// Of the `quoted` names in `expected`, the one closest to `given` by edit distance,
+/// when it is close enough to be a typo (at most a third of its length, at least 1).
+fn closest<'a>(given: &str, expected: &'a str) -> Option<&'a str> {
+    let given = given.to_lowercase();
+    let limit = (given.chars().count() / 3).max(1);
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|cand| (edit_distance(&given, &cand.to_lowercase()), cand))
+        .filter(|(d, _)| *d > 0 && *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, cand)| cand)
+}
+
+/// Edit distance in characters (insertions, deletions, substitutions, and swaps of two
+/// neighbours: `nmae` is one from `name`).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
 fn quoted(list: &[&str]) -> String {
     list.iter()
         .map(|k| format!("`{k}`"))
@@ -539,7 +646,7 @@ impl Config {
                 }
             }
             if let Ok(text) = std::fs::read_to_string(path) {
-                check_keys(&text, &path.display().to_string())?;
+                check_keys(&text, &path.display().to_string()).map_err(for_humans)?;
             }
         }
         let file = file.map(|path| {
@@ -547,7 +654,7 @@ impl Config {
                 .format(config::FileFormat::Toml)
                 .required(true)
         });
-        Config::load_with(file, env, flags)
+        Config::load_with(file, env, flags).map_err(for_humans)
     }
 
     /// [`Config::load`] with the file's part given as TOML text.
@@ -556,9 +663,9 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         flags: &Flags,
     ) -> Result<Config, ConfigError> {
-        check_keys(toml, "the configuration text")?;
+        check_keys(toml, "the configuration text").map_err(for_humans)?;
         let text = config::File::from_str(toml, config::FileFormat::Toml);
-        Config::load_with(Some(text), env, flags)
+        Config::load_with(Some(text), env, flags).map_err(for_humans)
     }
 
     fn load_with<S>(
@@ -713,13 +820,39 @@ impl Config {
                 }
                 k if HttpLimits::KEYS.contains(&k) => http.set(k, value)?,
                 "membership" => {
-                    let origin = first_origin(&value);
+                    let set: BTreeMap<String, Option<String>> = match &value.kind {
+                        ValueKind::Table(t) => t
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.origin().map(str::to_owned)))
+                            .collect(),
+                        _ => BTreeMap::new(),
+                    };
                     membership = deserialize(&key, value)?;
-                    membership.validate().map_err(|e| ConfigError::BadValue {
-                        key: format!("membership.{}", e.key),
-                        value: e.value,
-                        origin,
-                        expected: e.expected.into(),
+                    membership.validate().map_err(|e| {
+                        // down_after against heartbeat_interval: blame the one that was
+                        // set (a default is no one's mistake).
+                        if e.key == "down_after"
+                            && !set.contains_key("down_after")
+                            && let Some(origin) = set.get("heartbeat_interval")
+                        {
+                            return ConfigError::BadValue {
+                                key: "membership.heartbeat_interval".into(),
+                                value: humantime::format_duration(membership.heartbeat_interval)
+                                    .to_string(),
+                                origin: origin.clone(),
+                                expected: format!(
+                                    "shorter than membership.down_after ({}, its default); \
+                                     set down_after too",
+                                    humantime::format_duration(membership.down_after)
+                                ),
+                            };
+                        }
+                        ConfigError::BadValue {
+                            key: format!("membership.{}", e.key),
+                            origin: set.get(e.key).cloned().flatten(),
+                            value: e.value,
+                            expected: e.expected.into(),
+                        }
                     })?;
                 }
                 "topologies" => topologies = Some(parse_topologies(value)?),
@@ -750,7 +883,7 @@ impl Config {
         Ok(Config {
             name: match name {
                 Some(n) => n,
-                None => default_name()?,
+                None => default_name(cluster_addr.port())?,
             },
             cluster_addr,
             advertise_addr,
@@ -897,13 +1030,20 @@ fn layer(origin: Option<&str>) -> u8 {
     }
 }
 
-/// `rallypoint@<hostname>`.
-fn default_name() -> Result<NodeName, ConfigError> {
+/// `rallypoint@<hostname>` on the default cluster port, `rallypoint-<port>@<hostname>`
+/// on any other: two daemons on one host must differ in their cluster port, so they
+/// then differ in their default names too, and find each other with nothing else set.
+fn default_name(cluster_port: u16) -> Result<NodeName, ConfigError> {
     let host = hostname::get()
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".into());
-    NodeName::new("rallypoint", &host).map_err(|e| ConfigError::Missing {
+    let basename = if cluster_port == crate::DEFAULT_CLUSTER_PORT {
+        "rallypoint".to_owned()
+    } else {
+        format!("rallypoint-{cluster_port}")
+    };
+    NodeName::new(&basename, &host).map_err(|e| ConfigError::Missing {
         key: "name".into(),
         expected: format!("basename@host (the default from the hostname is invalid: {e})"),
     })
@@ -1022,6 +1162,33 @@ fn deserialize<T: DeserializeOwned>(key: &str, value: Value) -> Result<T, Config
                 });
             }
             let message = message_of(e.inner());
+            // A list from the environment is one string, comma-separated: split it where
+            // a list is expected, and deserialize again.
+            if message.ends_with("expected a sequence")
+                && let Some(leaf) = at
+                && leaf.origin() == Some("the environment")
+                && let ValueKind::String(text) = &leaf.kind
+            {
+                let steps: Vec<Step> = e
+                    .path()
+                    .iter()
+                    .filter_map(|seg| match seg {
+                        serde_path_to_error::Segment::Map { key } => Some(Step::Key(key.clone())),
+                        serde_path_to_error::Segment::Seq { index } => Some(Step::Index(*index)),
+                        _ => None,
+                    })
+                    .collect();
+                let origin = Some("the environment".to_owned());
+                let items: Vec<Value> = text
+                    .split(',')
+                    .map(|item| Value::new(origin.as_ref(), item.trim().to_owned()))
+                    .collect();
+                let mut split = original.clone();
+                if let Some(slot) = value_at(&mut split, &steps) {
+                    slot.kind = ValueKind::Array(items);
+                    return deserialize(key, split);
+                }
+            }
             if let Some(rest) = message.strip_prefix("unknown field `")
                 && let Some((field, expected)) = rest.split_once('`')
             {
@@ -1087,6 +1254,23 @@ fn deserialize<T: DeserializeOwned>(key: &str, value: Value) -> Result<T, Config
             })
         }
     }
+}
+
+/// One step of a path into a [`Value`].
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// The value at `steps` inside `value`.
+fn value_at<'a>(value: &'a mut Value, steps: &[Step]) -> Option<&'a mut Value> {
+    steps
+        .iter()
+        .try_fold(value, |v, step| match (&mut v.kind, step) {
+            (ValueKind::Table(t), Step::Key(k)) => t.get_mut(k),
+            (ValueKind::Array(a), Step::Index(i)) => a.get_mut(*i),
+            _ => None,
+        })
 }
 
 /// The message of a deserialization error, without `config`'s key and origin suffixes.

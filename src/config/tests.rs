@@ -731,3 +731,111 @@ fn a_device_or_a_huge_file_as_configuration_is_refused_unread() {
     let e = Config::load(Some(&big), [], &Flags::default()).unwrap_err();
     assert!(e.to_string().contains("at most"), "{e}");
 }
+
+/// A heartbeat interval set longer than the default `down_after` blames the key that was
+/// set, from the variable that set it, not the default it collides with.
+#[test]
+fn a_heartbeat_interval_past_the_default_down_after_blames_itself_and_its_variable() {
+    let e = refused("", &[("RALLYPOINT_MEMBERSHIP__HEARTBEAT_INTERVAL", "5s")]);
+    assert!(
+        e.contains("`membership.heartbeat_interval` = 5s")
+            && e.contains("the environment variable RALLYPOINT_MEMBERSHIP__HEARTBEAT_INTERVAL")
+            && e.contains("down_after (3s"),
+        "{e}"
+    );
+    // Both set, and wrong together: down_after is named, with its own origin.
+    let e = refused(
+        "[membership]\ndown_after = \"1s\"\n",
+        &[("RALLYPOINT_MEMBERSHIP__HEARTBEAT_INTERVAL", "2s")],
+    );
+    assert!(
+        e.contains("`membership.down_after` = 1s") && e.contains(".toml"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_unknown_key_names_its_variable_and_the_key_it_is_closest_to() {
+    let e = refused("", &[("RALLYPOINT_NMAE", "a@b")]);
+    assert!(
+        e.contains("the environment variable RALLYPOINT_NMAE")
+            && e.ends_with("did you mean `name`?"),
+        "{e}"
+    );
+    let e = refused("[membership]\nheartbeat_intervl = \"1s\"\n", &[]);
+    assert!(e.ends_with("did you mean `heartbeat_interval`?"), "{e}");
+    // Nothing close: no suggestion.
+    let e = refused("zzzzzzzz = 1\n", &[]);
+    assert!(!e.contains("did you mean"), "{e}");
+    let e = refused("[topologies.k]\nstrategy = \"gosip\"\n", &[]);
+    assert!(e.ends_with("did you mean `gossip`?"), "{e}");
+    let e = refused(
+        "",
+        &[
+            ("RALLYPOINT_TOPOLOGIES__K__STRATEGY", "static"),
+            ("RALLYPOINT_TOPOLOGIES__K__HOSTZ", "a:1"),
+        ],
+    );
+    assert!(
+        e.contains("RALLYPOINT_TOPOLOGIES__K__HOSTZ") && e.contains("did you mean `hosts`?"),
+        "{e}"
+    );
+}
+
+#[test]
+fn edit_distance_counts_a_swap_of_neighbours_as_one() {
+    assert_eq!(edit_distance("nmae", "name"), 1);
+    assert_eq!(edit_distance("", "abc"), 3);
+    assert_eq!(edit_distance("kitten", "sitting"), 3);
+    assert_eq!(
+        closest("gosip", "one of `static`, `gossip`"),
+        Some("gossip")
+    );
+    assert_eq!(closest("gossip", "one of `gossip`"), None);
+}
+
+/// A list inside a topology, from the environment, is comma-separated, as top-level
+/// lists are; the syntax of a file's list is not needed (nor accepted as one string).
+#[test]
+fn a_topology_list_from_the_environment_is_comma_separated() {
+    let c = Config::load(
+        None,
+        env(&[
+            ("RALLYPOINT_TOPOLOGIES__S__STRATEGY", "static"),
+            (
+                "RALLYPOINT_TOPOLOGIES__S__HOSTS",
+                "10.0.0.1:45893, node2:45893",
+            ),
+        ]),
+        &Flags::default(),
+    )
+    .unwrap();
+    match &c.topologies["s"].strategy {
+        StrategyConfig::Static(s) => {
+            assert_eq!(
+                s.hosts,
+                vec!["10.0.0.1:45893".to_owned(), "node2:45893".to_owned()]
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Two daemons on one host differ in their cluster ports, so their default names
+/// differ too.
+#[test]
+fn the_default_name_carries_a_cluster_port_that_is_not_the_default() {
+    let flags = Flags {
+        cluster_addr: Some("0.0.0.0:45993".parse().unwrap()),
+        ..Flags::default()
+    };
+    let c = Config::load(None, env(&[]), &flags).unwrap();
+    assert_eq!(c.name.basename(), "rallypoint-45993");
+    let c = Config::load(
+        None,
+        env(&[("RALLYPOINT_CLUSTER_ADDR", "0.0.0.0:45893")]),
+        &Flags::default(),
+    )
+    .unwrap();
+    assert_eq!(c.name.basename(), "rallypoint");
+}
