@@ -91,9 +91,23 @@ pub enum CookieError {
         /// Where the cookie was read from.
         path: PathBuf,
     },
-    /// Reading or creating the cookie file failed.
-    #[error("cannot read or create the cookie file {path}")]
+    /// A given cookie file does not exist. (Only the default cookie is created.)
+    #[error(
+        "the cookie file {} does not exist (a cookie file that is given is never created): \
+         make one with `{MAKE_ONE} > {p}` and `chmod 600 {p}`, and give every node the \
+         same; or leave the cookie file out to use this user's default cookie",
+        .path.display(),
+        p = .path.display()
+    )]
+    Missing {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Reading the cookie file, or creating the default one, failed.
+    #[error("cannot {} the cookie file {}", if *.create { "create" } else { "read" }, .path.display())]
     Io {
+        /// Whether it was being created (the default cookie) rather than read.
+        create: bool,
         /// The file.
         path: PathBuf,
         /// The cause.
@@ -225,11 +239,11 @@ impl Cookie {
     pub fn load_or_create(path: &Path) -> Result<Self, CookieError> {
         match Self::from_file(path) {
             Ok(c) => return Ok(c),
-            Err(CookieError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(CookieError::Missing { .. }) => {}
             Err(e) => return Err(e),
         }
         let io = |source| CookieError::Io {
+            create: true,
             path: path.to_owned(),
             source,
         };
@@ -272,9 +286,18 @@ impl Cookie {
 /// Reads a cookie file, refusing anything but a regular file of at most
 /// [`MAX_FILE_LEN`] bytes. Returns the bytes and the metadata of the file read.
 fn read_bounded(path: &Path) -> Result<(Vec<u8>, Metadata), CookieError> {
-    let io = |source| CookieError::Io {
-        path: path.to_owned(),
-        source,
+    let io = |source: std::io::Error| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            CookieError::Missing {
+                path: path.to_owned(),
+            }
+        } else {
+            CookieError::Io {
+                create: false,
+                path: path.to_owned(),
+                source,
+            }
+        }
     };
     // Look before opening: opening a FIFO waits for a writer, and a device such as
     // /dev/zero never ends.
