@@ -88,6 +88,23 @@ impl RejectReason {
             RejectReason::Protocol => "protocol",
         }
     }
+
+    /// What an operator does about it, for the log line of a refusal; empty where
+    /// nothing is to be done (a duplicate connection, a pruned peer).
+    pub fn fix(self) -> &'static str {
+        match self {
+            RejectReason::BadCookie => {
+                "; every node needs the same cookie (during a rotation, the new one in \
+                 accept_cookies first)"
+            }
+            RejectReason::NameClash => {
+                "; two nodes share a name: give every node its own name (--name, or \
+                 RALLYPOINT_NAME)"
+            }
+            RejectReason::BadVersion => "; run the same rallypoint protocol version on every node",
+            RejectReason::Pruned | RejectReason::Duplicate | RejectReason::Protocol => "",
+        }
+    }
 }
 
 /// A frame on a peer connection. New variants are only ever added at the end.

@@ -382,12 +382,17 @@ impl Core {
         self.count_failure(reason.as_str());
         self.log_refusal(now, target, reason, || {
             format!(
-                "refused peer {}{}: {} ({detail})",
+                "refused peer {}{}: {} ({detail}){}",
                 peer.as_ref()
                     .map(|p| p.name.to_string())
                     .unwrap_or_else(|| "?".into()),
                 remote.map(|r| format!(" from {r}")).unwrap_or_default(),
-                reason.as_str()
+                reason.as_str(),
+                if detail.contains("--name") {
+                    ""
+                } else {
+                    reason.fix()
+                }
             )
         });
         self.actions.push_back(Action::Send {
@@ -437,12 +442,13 @@ impl Core {
         let addr = peer.as_ref().map(|p| p.addr).or(target);
         self.log_refusal(now, target, reason, || {
             format!(
-                "peer {} refused this node: {}",
+                "peer {} refused this node: {}{}",
                 peer.as_ref()
                     .map(|p| p.name.to_string())
                     .or(addr.map(|a| a.to_string()))
                     .unwrap_or_default(),
-                reason.as_str()
+                reason.as_str(),
+                reason.fix()
             )
         });
         let target = self.close(conn).and_then(|c| c.target);
@@ -492,6 +498,23 @@ impl Core {
                     && (addr.ip().is_loopback()
                         || addr.ip().is_unspecified()
                         || addr.ip() == self.local.addr.ip())))
+    }
+
+    /// A strategy listed `addr`, not this node's, with this node's own name: two nodes
+    /// share a name and will never connect. Says so once per address, with the fix (a
+    /// node skips a candidate with its own name, so nothing else would show it).
+    pub(super) fn warn_own_name(&mut self, addr: SocketAddr, topology: usize) {
+        if self.own_name_warned.len() >= OWN_NAME_WARNINGS || !self.own_name_warned.insert(addr) {
+            tracing::debug!(%addr, topology, "a candidate has this node's own name; skipped");
+            return;
+        }
+        tracing::warn!(
+            %addr,
+            name = %self.local.name,
+            "another node at {addr} uses this node's name {}: the two will never connect; \
+             give every node its own name (--name, `name` in the file, or RALLYPOINT_NAME)",
+            self.local.name
+        );
     }
 
     pub(super) fn count_failure(&mut self, reason: &'static str) {
