@@ -11,6 +11,9 @@ use super::api;
 use super::client::{self, ClientError, EventStream};
 use crate::config::{Config, ConfigError, Flags};
 
+/// The variable that stands for `--static-hosts`.
+const STATIC_HOSTS_VAR: &str = "RALLYPOINT_STATIC_HOSTS";
+
 /// How long `rallypoint members` waits for the API.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -43,28 +46,30 @@ pub enum Command {
 /// environment (`RALLYPOINT_<KEY>`, nested keys joined by `__`).
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// A TOML configuration file.
+    /// A TOML configuration file. (Every key can also be set in the environment:
+    /// RALLYPOINT_<KEY>, nested keys joined by __, lists comma-separated.)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// This node's name, basename@host. Default: rallypoint@HOSTNAME.
+    /// This node's name, basename@host. Default: rallypoint@HOSTNAME, or
+    /// rallypoint-PORT@HOSTNAME when the cluster port is not 45893. [env: RALLYPOINT_NAME]
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
-    /// The address to listen on for peers (TCP). Default: 0.0.0.0:45893.
+    /// The address to listen on for peers (TCP). Default: 0.0.0.0:45893. [env: RALLYPOINT_CLUSTER_ADDR]
     #[arg(long, value_name = "ADDR")]
     pub cluster_addr: Option<SocketAddr>,
     /// The address peers dial to reach this node. Default: the cluster address when it
     /// is not a wildcard; else the name's host when it is an IP; else the first
-    /// non-loopback interface address; with the cluster port.
+    /// non-loopback interface address; with the cluster port. [env: RALLYPOINT_ADVERTISE_ADDR]
     #[arg(long, value_name = "ADDR")]
     pub advertise_addr: Option<SocketAddr>,
-    /// The address of the HTTP API. Default: 127.0.0.1:45894.
+    /// The address of the HTTP API. Default: 127.0.0.1:45894. [env: RALLYPOINT_HTTP_ADDR]
     #[arg(long, value_name = "ADDR")]
     pub http_addr: Option<SocketAddr>,
     /// A file holding the cluster's cookie (or set RALLYPOINT_COOKIE to the cookie
-    /// itself). Default: a cookie kept in the user's config directory.
+    /// itself). Default: a cookie kept in the user's config directory. [env: RALLYPOINT_COOKIE_FILE]
     #[arg(long, value_name = "FILE")]
     pub cookie_file: Option<PathBuf>,
-    /// Peers to connect to, host:port,... (defines the topology named `static`).
+    /// Peers to connect to, host:port,... (defines the topology named `static`). [env: RALLYPOINT_STATIC_HOSTS, comma-separated]
     #[arg(long, value_name = "HOST:PORT,...", value_delimiter = ',')]
     pub static_hosts: Option<Vec<String>>,
 }
@@ -87,7 +92,27 @@ impl RunArgs {
     pub fn load(&self) -> Result<Config, ConfigError> {
         let env = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-        Config::load(self.config.as_deref(), env, &self.flags())
+        self.load_from(env)
+    }
+
+    /// [`RunArgs::load`] with the given environment. `RALLYPOINT_STATIC_HOSTS`
+    /// (comma-separated) stands for `--static-hosts` when the flag is not given.
+    pub fn load_from(
+        &self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut flags = self.flags();
+        let mut rest = Vec::new();
+        for (k, v) in env {
+            if k == STATIC_HOSTS_VAR {
+                if flags.static_hosts.is_none() && !v.trim().is_empty() {
+                    flags.static_hosts = Some(v.split(',').map(|h| h.trim().to_owned()).collect());
+                }
+            } else {
+                rest.push((k, v));
+            }
+        }
+        Config::load(self.config.as_deref(), rest, &flags)
     }
 }
 

@@ -16,7 +16,10 @@ const MAX_BODY: usize = 16 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The daemon could not be reached.
-    #[error("cannot connect to the rallypoint HTTP API at {addr} (is `rallypoint run` running?)")]
+    #[error(
+        "cannot connect to the rallypoint HTTP API at {addr} (is `rallypoint run` running? \
+         a node elsewhere: give its API with --http-addr or RALLYPOINT_HTTP_ADDR)"
+    )]
     Connect {
         /// The address tried.
         addr: SocketAddr,
@@ -31,13 +34,25 @@ pub enum ClientError {
     #[error("unexpected answer from the HTTP API: {0}")]
     Protocol(String),
     /// The API answered with an error status.
-    #[error("the HTTP API answered {status}: {body}")]
+    #[error("the HTTP API answered {status}: {body}{}", status_hint(*.status))]
     Status {
         /// The HTTP status.
         status: u16,
         /// The start of the body.
         body: String,
     },
+}
+
+/// What to do about an error status, for the CLI's message.
+fn status_hint(status: u16) -> &'static str {
+    match status {
+        401 => {
+            " (the node's API requires its token, its `http_token`: give it with \
+             --http-token or RALLYPOINT_HTTP_TOKEN)"
+        }
+        421 => " (the node refuses this request's Host; see `http_allowed_hosts`)",
+        _ => "",
+    }
 }
 
 /// `GET path`, returning the body of a `200` answer.

@@ -48,8 +48,17 @@ pub enum Error {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The HTTP API's address could not be bound.
-    #[error("cannot listen on HTTP address {addr}")]
+    #[error("cannot listen on HTTP address {addr}{}", bind_hint("--http-addr", "RALLYPOINT_HTTP_ADDR", *.addr, .source))]
     HttpBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The cluster address could not be bound.
+    #[error("cannot listen on cluster address {addr}{}", bind_hint("--cluster-addr", "RALLYPOINT_CLUSTER_ADDR", *.addr, .source))]
+    ClusterBind {
         /// The address.
         addr: SocketAddr,
         /// The cause.
@@ -62,6 +71,29 @@ pub enum Error {
     /// The HTTP server stopped with an error.
     #[error("the HTTP API failed")]
     Http(#[source] std::io::Error),
+}
+
+/// What to do about a port that cannot be bound: for a port in use (most often another
+/// rallypoint on this host), the flag and the variable that move this node elsewhere.
+fn bind_hint(flag: &str, var: &str, addr: SocketAddr, e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            let mut other = addr;
+            other.set_port(addr.port().checked_add(100).unwrap_or(addr.port() - 100));
+            format!(
+                " (the port is in use, perhaps by another rallypoint on this host): give \
+                 this node another with {flag} {other} (or {var})"
+            )
+        }
+        std::io::ErrorKind::AddrNotAvailable => format!(
+            " (no interface of this host has that address): give one of this host's \
+             addresses, or 0.0.0.0, with {flag} (or {var})"
+        ),
+        std::io::ErrorKind::PermissionDenied => format!(
+            " (ports below 1024 need privileges): give a port above 1024 with {flag} (or {var})"
+        ),
+        _ => String::new(),
+    }
 }
 
 /// Runs the daemon until `shutdown` resolves, then leaves the cluster gracefully. The
@@ -108,6 +140,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         source,
     })?;
 
+    if config.http_token.is_none() && !http_addr.ip().is_loopback() {
+        tracing::warn!(
+            %http_addr,
+            "the HTTP API listens beyond loopback with no token: anyone who reaches \
+             {http_addr} can read the members, the events and the metrics; set http_token (RALLYPOINT_HTTP_TOKEN), or listen on 127.0.0.1"
+        );
+    }
     let mut builder = Cluster::builder()
         .name(config.name.as_str())
         .cluster_addr(config.cluster_addr)
@@ -149,7 +188,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             "no topology configured: no discovery; this node waits for peers to dial it"
         );
     }
-    let cluster = Arc::new(builder.start().await?);
+    let cluster = Arc::new(builder.start().await.map_err(|e| match e {
+        crate::Error::Bind { addr, source } => Error::ClusterBind { addr, source },
+        e => Error::Cluster(e),
+    })?);
 
     let stop = CancellationToken::new();
     let http_stats = Arc::new(metrics::HttpStats::default());
@@ -184,6 +226,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         max_connections,
         "HTTP API listening"
     );
+    if config.topologies.len() == 1
+        && config
+            .topologies
+            .get(crate::config::DEFAULT_TOPOLOGY)
+            .is_some_and(|t| t.strategy.kind() == "gossip")
+    {
+        let (mut cluster_next, mut http_next) = (config.cluster_addr, http_addr);
+        cluster_next.set_port(config.cluster_addr.port().wrapping_add(100));
+        http_next.set_port(http_addr.port().wrapping_add(100));
+        tracing::info!(
+            "gossip (the default) finds every node on this network that has the same \
+             cookie; to start another node on this host: `rallypoint run --cluster-addr \
+             {cluster_next} --http-addr {http_next}`; to list the members: `rallypoint \
+             members --http-addr {http_addr}`"
+        );
+    }
 
     let result = tokio::select! {
         _ = shutdown => {
