@@ -678,8 +678,8 @@ async fn readyz_flips_at_min_members_and_topologies_show_their_candidates() {
 
 /// Parses the Prometheus text format strictly enough to catch a malformed answer:
 /// every sample line is `name{label="value",…} number`, belongs to a family declared
-/// by a `# TYPE` line before it (a counter's samples end in `_total`), label values are
-/// quoted, and the answer ends with `# EOF`. Returns the samples, keyed by
+/// by a `# TYPE` line before it (a counter's samples end in `_total`, an info's in
+/// `_info`), label values are quoted, and the answer ends with `# EOF`. Returns the samples, keyed by
 /// `name{labels}` as written.
 fn parse_prometheus(text: &str) -> std::collections::BTreeMap<String, f64> {
     let mut types: std::collections::BTreeMap<String, String> = Default::default();
@@ -737,10 +737,14 @@ fn parse_prometheus(text: &str) -> std::collections::BTreeMap<String, f64> {
         let family = match types.get(name) {
             Some(_) => name.to_owned(),
             None => {
-                let base = name.strip_suffix("_total").unwrap_or(name);
+                // A counter's samples end in `_total`, an info's in `_info`.
+                let (base, kind) = match name.strip_suffix("_info") {
+                    Some(base) => (base, "info"),
+                    None => (name.strip_suffix("_total").unwrap_or(name), "counter"),
+                };
                 assert_eq!(
                     types.get(base).map(String::as_str),
-                    Some("counter"),
+                    Some(kind),
                     "a sample without a # TYPE before it: {line}"
                 );
                 base.to_owned()
@@ -748,6 +752,12 @@ fn parse_prometheus(text: &str) -> std::collections::BTreeMap<String, f64> {
         };
         if types[&family] == "counter" {
             assert!(name.ends_with("_total"), "counter sample: {line}");
+        }
+        if types[&family] == "info" {
+            assert!(
+                name.ends_with("_info") && value == 1.0,
+                "info sample: {line}"
+            );
         }
         assert!(
             samples.insert(series.to_owned(), value).is_none(),
@@ -784,6 +794,28 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
     };
     assert_eq!(get("rallypoint_members"), 2.0);
     assert_eq!(get("rallypoint_local_health"), 0.0);
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        get(&format!(
+            "rallypoint_build_info{{version=\"{version}\",protocol=\"2\"}}"
+        )),
+        1.0
+    );
+    // No gossip topology here: every documented result is written, at 0, and bytes
+    // have a counter of their own (not a `result` of the packet counter).
+    for result in ["sent", "accepted", "rejected_auth", "rejected_replay"] {
+        assert_eq!(
+            get(&format!(
+                "rallypoint_gossip_packets_total{{result=\"{result}\"}}"
+            )),
+            0.0
+        );
+    }
+    assert_eq!(get("rallypoint_gossip_sent_bytes_total"), 0.0);
+    assert!(
+        !m.keys().any(|k| k.contains("result=\"sent_bytes\"")),
+        "{m:#?}"
+    );
     assert!(get("rallypoint_events_total{kind=\"nodeup\"}") >= 2.0);
     assert_eq!(get("rallypoint_events_total{kind=\"nodedown\"}"), 0.0);
     assert!(get("rallypoint_handshake_failures_total{reason=\"bad_cookie\"}") >= 1.0);

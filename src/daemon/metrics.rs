@@ -8,6 +8,7 @@
 //!
 //! | metric | type | labels |
 //! |---|---|---|
+//! | `rallypoint_build_info` | info | `version`, `protocol` |
 //! | `rallypoint_members` | gauge | |
 //! | `rallypoint_local_health` | gauge | |
 //! | `rallypoint_events_total` | counter | `kind`: `nodeup`, `nodedown` |
@@ -16,7 +17,8 @@
 //! | `rallypoint_transport_errors_total` | counter | `reason`: `unauthentic`, `frame_too_large`, `malformed`, `unexpected` |
 //! | `rallypoint_discovered_peers` | gauge | `topology` |
 //! | `rallypoint_strategy_errors_total` | counter | `topology` |
-//! | `rallypoint_gossip_packets_total` | counter | `result` (topology counters named `gossip_RESULT`) |
+//! | `rallypoint_gossip_packets_total` | counter | `result`: `sent`, `send_errors`, `accepted`, `recv_errors`, `rejected_auth`, `rejected_version`, `rejected_malformed`, `rejected_cluster`, `rejected_replay` |
+//! | `rallypoint_gossip_sent_bytes_total` | counter | |
 //! | `rallypoint_http_connections` | gauge | |
 //! | `rallypoint_http_connections_refused_total` | counter | `reason`: `limit` |
 //! | `rallypoint_http_connections_closed_total` | counter | `reason`: `header_timeout`, `idle_timeout`, `write_stalled`, `sse_backlog` |
@@ -63,6 +65,20 @@ const HANDSHAKE_REASONS: &[&str] = &[
 const TRANSPORT_REASONS: &[&str] = &["unauthentic", "frame_too_large", "malformed", "unexpected"];
 /// The prefix of topology counters that count gossip packets.
 const GOSSIP_PREFIX: &str = "gossip_";
+/// The topology counter of the bytes of gossip heartbeats sent.
+const GOSSIP_SENT_BYTES: &str = "gossip_sent_bytes";
+/// The results of gossip packets, always written (0 until one happens).
+const GOSSIP_RESULTS: &[&str] = &[
+    "sent",
+    "send_errors",
+    "accepted",
+    "recv_errors",
+    "rejected_auth",
+    "rejected_version",
+    "rejected_malformed",
+    "rejected_cluster",
+    "rejected_replay",
+];
 
 /// Reads the node's counters at each scrape.
 struct NodeCollector {
@@ -262,6 +278,20 @@ impl Collector for NodeCollector {
             MetricType::Gauge,
         )?;
         ConstGauge::new(self.cluster.members().len() as i64).encode(members)?;
+        let info = encoder.encode_descriptor(
+            "rallypoint_build",
+            "The rallypoint that runs: always 1, its version and wire protocol as labels.",
+            None,
+            MetricType::Info,
+        )?;
+        let labels = vec![
+            ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+            (
+                "protocol".to_owned(),
+                crate::membership::wire::PROTOCOL_VERSION.to_string(),
+            ),
+        ];
+        prometheus_client::metrics::info::Info::new(labels).encode(info)?;
         let health = encoder.encode_descriptor(
             "rallypoint_local_health",
             "The failure detector's local-health score (0 healthy, up to 8): raised while \
@@ -328,11 +358,15 @@ impl Collector for NodeCollector {
             &errors,
         )?;
 
-        let mut gossip: BTreeMap<String, u64> = BTreeMap::new();
+        // Packets by result, every known result from 0; bytes in a counter of their own.
+        let mut gossip: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut sent_bytes = 0;
         for (_, status) in &topologies {
             for (counter, n) in &status.counters {
-                if let Some(result) = counter.strip_prefix(GOSSIP_PREFIX) {
-                    *gossip.entry(result.to_owned()).or_default() += n;
+                if *counter == GOSSIP_SENT_BYTES {
+                    sent_bytes += n;
+                } else if let Some(result) = counter.strip_prefix(GOSSIP_PREFIX) {
+                    *gossip.entry(result).or_default() += n;
                 }
             }
         }
@@ -341,8 +375,15 @@ impl Collector for NodeCollector {
             "rallypoint_gossip_packets",
             "Gossip packets, by result (all gossip topologies).",
             "result",
-            &gossip.into_iter().collect::<Vec<_>>(),
+            &with_known(GOSSIP_RESULTS, &gossip),
         )?;
+        let bytes = encoder.encode_descriptor(
+            "rallypoint_gossip_sent_bytes",
+            "Bytes of the gossip heartbeats this node sent (UDP payload, all gossip topologies).",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(sent_bytes).encode(bytes)?;
         Ok(())
     }
 }
