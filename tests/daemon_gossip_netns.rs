@@ -189,3 +189,104 @@ fn three_daemons_on_one_host_share_the_default_gossip_port() {
     );
     drop(procs);
 }
+
+/// The README's recipe: three `rallypoint run` on one host, told only the ports that
+/// must differ, form a cluster; their default names differ by the cluster port.
+#[test]
+fn three_daemons_on_one_host_told_only_their_ports_form_a_cluster() {
+    if !require_root("three_daemons_on_one_host_told_only_their_ports_form_a_cluster") {
+        return;
+    }
+    let lab = Lab::new(1).expect("lab");
+    let home = tempfile::tempdir().unwrap();
+    let runs = [
+        ("rallypoint@one", "run".to_owned(), "127.0.0.1:45894"),
+        (
+            "rallypoint-45993@one",
+            "run --cluster-addr 0.0.0.0:45993 --http-addr 127.0.0.1:45994".to_owned(),
+            "127.0.0.1:45994",
+        ),
+        (
+            "rallypoint-46093@one",
+            "run --cluster-addr 0.0.0.0:46093 --http-addr 127.0.0.1:46094".to_owned(),
+            "127.0.0.1:46094",
+        ),
+    ];
+    let mut procs = Vec::new();
+    for (_, args, _) in &runs {
+        // One hostname for all three, as on one machine.
+        procs.push(on_host(&lab, 0, "one", home.path(), args));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (name, _, http) in &runs {
+        let mut want: Vec<String> = runs
+            .iter()
+            .map(|(n, _, _)| n.to_string())
+            .filter(|n| n != name)
+            .collect();
+        want.sort();
+        loop {
+            let got = members_on(&lab, 0, http);
+            if got == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} sees {got:?}, expected {want:?}\nlog: {}",
+                std::fs::read_to_string(home.path().join("one-run.log")).unwrap_or_default()
+            );
+            // A poll of the daemon's API, bounded by the deadline above.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    drop(procs);
+}
+
+/// Two daemons given one name on one host hear each other's gossip, and each says once
+/// that another node uses its name, with the fix.
+#[test]
+fn two_daemons_with_one_name_on_one_host_say_so_with_the_fix() {
+    if !require_root("two_daemons_with_one_name_on_one_host_say_so_with_the_fix") {
+        return;
+    }
+    let lab = Lab::new(1).expect("lab");
+    let ip = lab.host(0).ip;
+    let home = tempfile::tempdir().unwrap();
+    // One user's default cookie; two hostnames only to keep two log files (the name is
+    // given, so the hostname does not make it).
+    let hosts = ["twin-a", "twin-b"];
+    let procs: Vec<Proc> = (0..2)
+        .map(|k| {
+            let args = format!(
+                "run --name twin@{ip} --cluster-addr {ip}:{} --http-addr 127.0.0.1:{}",
+                46200 + k,
+                46300 + k
+            );
+            on_host(&lab, 0, hosts[k], home.path(), &args)
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (k, host) in hosts.iter().enumerate() {
+        let other = format!("{ip}:{}", 46200 + (1 - k));
+        let path = home.path().join(format!("{host}-run.log"));
+        loop {
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            let warned: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("uses this node's name") && l.contains(&other))
+                .collect();
+            if let Some(line) = warned.first() {
+                assert!(line.contains("WARN") && line.contains("--name"), "{line}");
+                assert_eq!(warned.len(), 1, "warned once:\n{log}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no warning naming {other}:\n{log}"
+            );
+            // A poll of the log file, bounded by the deadline above.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    drop(procs);
+}
