@@ -469,18 +469,28 @@ fn env_var_of(key: &str) -> String {
 
 /// Of the `quoted` names in `expected`, the one closest to `given` by edit distance,
 /// when it is close enough to be a typo (at most a third of its length, at least 1).
+/// Only the case differing counts as the closest of all (`Gossip` for `gossip`). Names
+/// longer than [`MAX_SUGGESTED`] characters get no suggestion (no key is that long).
 fn closest<'a>(given: &str, expected: &'a str) -> Option<&'a str> {
-    let given = given.to_lowercase();
-    let limit = (given.chars().count() / 3).max(1);
+    let n = given.chars().count();
+    if n > MAX_SUGGESTED {
+        return None;
+    }
+    let lower = given.to_lowercase();
+    let limit = (n / 3).max(1);
     expected
         .split('`')
         .skip(1)
         .step_by(2)
-        .map(|cand| (edit_distance(&given, &cand.to_lowercase()), cand))
-        .filter(|(d, _)| *d > 0 && *d <= limit)
+        .filter(|cand| *cand != given && cand.chars().count().abs_diff(n) <= limit)
+        .map(|cand| (edit_distance(&lower, &cand.to_lowercase()), cand))
+        .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)
         .map(|(_, cand)| cand)
 }
+
+/// The longest key or value a suggestion is looked for.
+const MAX_SUGGESTED: usize = 64;
 
 /// Edit distance in characters (insertions, deletions, substitutions, and swaps of two
 /// neighbours: `nmae` is one from `name`).
@@ -1038,7 +1048,8 @@ fn default_name(cluster_port: u16) -> Result<NodeName, ConfigError> {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".into());
-    let basename = if cluster_port == crate::DEFAULT_CLUSTER_PORT {
+    // Port 0 (any free port) is not known yet, and says nothing about the node.
+    let basename = if cluster_port == crate::DEFAULT_CLUSTER_PORT || cluster_port == 0 {
         "rallypoint".to_owned()
     } else {
         format!("rallypoint-{cluster_port}")

@@ -206,6 +206,16 @@ fn static_hosts_come_from_the_environment_comma_separated_and_a_flag_wins() {
     );
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains(r#"hosts = ["10.1.0.9:1"]"#), "{out}");
+    // A bad entry is blamed on the variable.
+    let o = run(
+        &["check-config"],
+        &[("RALLYPOINT_STATIC_HOSTS", "10.1.0.1:45893,")],
+    );
+    let err = stderr(&o);
+    assert!(
+        !o.status.success() && err.contains("the environment variable RALLYPOINT_STATIC_HOSTS"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -792,6 +792,11 @@ fn edit_distance_counts_a_swap_of_neighbours_as_one() {
         Some("gossip")
     );
     assert_eq!(closest("gossip", "one of `gossip`"), None);
+    assert_eq!(
+        closest("Gossip", "one of `static`, `gossip`"),
+        Some("gossip")
+    );
+    assert_eq!(closest(&"x".repeat(100_000), "one of `gossip`"), None);
 }
 
 /// A list inside a topology, from the environment, is comma-separated, as top-level
@@ -838,4 +843,47 @@ fn the_default_name_carries_a_cluster_port_that_is_not_the_default() {
     )
     .unwrap();
     assert_eq!(c.name.basename(), "rallypoint");
+    let c = Config::load(
+        None,
+        env(&[("RALLYPOINT_CLUSTER_ADDR", "127.0.0.1:0")]),
+        &Flags::default(),
+    )
+    .unwrap();
+    assert_eq!(c.name.basename(), "rallypoint");
+}
+
+/// A DNS `query` list from the environment is comma-separated too; a comma is never
+/// taken into a name.
+#[test]
+fn a_dns_query_list_from_the_environment_is_comma_separated() {
+    let c = Config::load(
+        None,
+        env(&[
+            ("RALLYPOINT_TOPOLOGIES__D__STRATEGY", "dns"),
+            (
+                "RALLYPOINT_TOPOLOGIES__D__QUERY",
+                "a.ns.example, b.ns.example",
+            ),
+        ]),
+        &Flags::default(),
+    )
+    .unwrap();
+    match &c.topologies["d"].strategy {
+        StrategyConfig::Dns(d) => {
+            let names: Vec<&str> = d.query.iter().map(|q| q.name.as_str()).collect();
+            assert_eq!(names, ["a.ns.example", "b.ns.example"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let e = refused(
+        "",
+        &[
+            ("RALLYPOINT_TOPOLOGIES__D__STRATEGY", "dns"),
+            ("RALLYPOINT_TOPOLOGIES__D__QUERY", "a.ns.example,"),
+        ],
+    );
+    assert!(
+        e.contains("`topologies.d.query[1].name` = \"\"") && e.contains("expected a DNS name"),
+        "{e}"
+    );
 }

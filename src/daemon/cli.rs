@@ -103,16 +103,32 @@ impl RunArgs {
     ) -> Result<Config, ConfigError> {
         let mut flags = self.flags();
         let mut rest = Vec::new();
+        let mut from_env = false;
         for (k, v) in env {
             if k == STATIC_HOSTS_VAR {
                 if flags.static_hosts.is_none() && !v.trim().is_empty() {
                     flags.static_hosts = Some(v.split(',').map(|h| h.trim().to_owned()).collect());
+                    from_env = true;
                 }
             } else {
                 rest.push((k, v));
             }
         }
-        Config::load(self.config.as_deref(), rest, &flags)
+        Config::load(self.config.as_deref(), rest, &flags).map_err(|e| match e {
+            // The hosts came from the variable, not a flag: say so.
+            ConfigError::BadValue {
+                key,
+                value,
+                origin: None,
+                expected,
+            } if from_env && key.starts_with("topologies.static.") => ConfigError::BadValue {
+                key,
+                value,
+                origin: Some(format!("the environment variable {STATIC_HOSTS_VAR}")),
+                expected,
+            },
+            e => e,
+        })
     }
 }
 

@@ -87,10 +87,12 @@ fn bind_hint(flag: &str, var: &str, addr: SocketAddr, e: &std::io::Error) -> Str
         }
         std::io::ErrorKind::AddrNotAvailable => format!(
             " (no interface of this host has that address): give one of this host's \
-             addresses, or 0.0.0.0, with {flag} (or {var})"
+             addresses, or {}, with {flag} (or {var})",
+            if addr.is_ipv6() { "[::]" } else { "0.0.0.0" }
         ),
-        std::io::ErrorKind::PermissionDenied => format!(
-            " (ports below 1024 need privileges): give a port above 1024 with {flag} (or {var})"
+        std::io::ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
+            " (ports below 1024 need privileges): give a port of 1024 or above with {flag} \
+             (or {var})"
         ),
         _ => String::new(),
     }
@@ -232,13 +234,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .get(crate::config::DEFAULT_TOPOLOGY)
             .is_some_and(|t| t.strategy.kind() == "gossip")
     {
-        let (mut cluster_next, mut http_next) = (config.cluster_addr, http_addr);
-        cluster_next.set_port(config.cluster_addr.port().wrapping_add(100));
-        http_next.set_port(http_addr.port().wrapping_add(100));
+        // From the ports bound (not the configured ones, which may be 0).
+        let next = |mut a: SocketAddr, bound: u16| {
+            a.set_port(bound.checked_add(100).unwrap_or(bound - 100));
+            a
+        };
+        let cluster_next = next(config.cluster_addr, cluster.local().addr.port());
+        let http_next = next(http_addr, http_addr.port());
         tracing::info!(
             "gossip (the default) finds every node on this network that has the same \
              cookie; to start another node on this host: `rallypoint run --cluster-addr \
-             {cluster_next} --http-addr {http_next}`; to list the members: `rallypoint \
+             {cluster_next} --http-addr {http_next}` (with the same --config, if any); to list the members: `rallypoint \
              members --http-addr {http_addr}`"
         );
     }
@@ -307,5 +313,28 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
                 std::future::pending::<()>().await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hint(addr: &str, kind: std::io::ErrorKind) -> String {
+        let addr: SocketAddr = addr.parse().unwrap();
+        bind_hint("--http-addr", "RALLYPOINT_HTTP_ADDR", addr, &kind.into())
+    }
+
+    #[test]
+    fn a_bind_hint_suggests_a_port_in_range_and_fits_the_cause() {
+        use std::io::ErrorKind::*;
+        assert!(hint("127.0.0.1:45894", AddrInUse).contains("--http-addr 127.0.0.1:45994 "));
+        assert!(hint("127.0.0.1:65500", AddrInUse).contains("--http-addr 127.0.0.1:65400 "));
+        assert!(hint("[::1]:80", AddrNotAvailable).contains("[::]"));
+        assert!(hint("10.0.0.1:80", AddrNotAvailable).contains("0.0.0.0"));
+        assert!(hint("127.0.0.1:80", PermissionDenied).contains("1024 or above"));
+        // Denied for another reason (a security module): no claim about the port.
+        assert_eq!(hint("127.0.0.1:8080", PermissionDenied), "");
+        assert_eq!(hint("127.0.0.1:8080", ConnectionReset), "");
     }
 }

@@ -66,9 +66,6 @@ use crate::strategies::backoff::Backoff;
 /// once (counted as handshake failure `overload`) until some finish or time out.
 pub const MAX_PENDING_HANDSHAKES: usize = 2048;
 
-/// How many addresses heard with this node's own name are warned about (once each).
-const OWN_NAME_WARNINGS: usize = 16;
-
 /// Identifies one connection of one core. Chosen by the core.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId(pub u64);
@@ -209,9 +206,6 @@ pub struct Core {
     /// Warnings about refusals, rate-limited per reason (never per source: sources can
     /// be many).
     warn_limit: crate::warn_limit::WarnLimit,
-    /// Addresses whose candidate carried this node's own name, warned about once each
-    /// (at most [`OWN_NAME_WARNINGS`]).
-    own_name_warned: HashSet<SocketAddr>,
     digest: u64,
     actions: VecDeque<Action>,
     next_tick: Instant,
@@ -274,7 +268,6 @@ impl Core {
             absent: BTreeMap::new(),
             pruned: HashMap::new(),
             warn_limit: crate::warn_limit::WarnLimit::default(),
-            own_name_warned: HashSet::new(),
             digest,
             actions: VecDeque::new(),
             next_tick,
@@ -410,13 +403,7 @@ impl Core {
                 .retain(|name, (addr, _)| !names.contains(name) && !addrs.contains(addr));
         }
         for p in peers.iter() {
-            if p.addr == self.local.addr {
-                continue;
-            }
-            if p.name.as_ref() == Some(&self.local.name) {
-                if !self.is_own_address(p.addr) {
-                    self.warn_own_name(p.addr, topology);
-                }
+            if p.name.as_ref() == Some(&self.local.name) || p.addr == self.local.addr {
                 continue;
             }
             let t = self

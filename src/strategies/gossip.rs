@@ -59,7 +59,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -84,6 +84,9 @@ pub use socket::{SendError, SetupError};
 
 use heard::{Accepted, Heard};
 use packet::{Key, OpenError};
+
+/// How many addresses heard with this node's own name are warned about (once each).
+const OWN_NAME_WARNINGS: usize = 16;
 
 /// At most this many warnings about dropped packets per reason (counter) in any
 /// [`WARN_WINDOW`]; the others are logged at debug level.
@@ -196,6 +199,8 @@ struct Runner {
     counters: BTreeMap<&'static str, u64>,
     /// Which drops are logged as warnings: per reason, never per source.
     warnings: WarnLimit,
+    /// Addresses heard gossiping with this node's name, warned about once each.
+    own_name_warned: HashSet<SocketAddr>,
     rng: StdRng,
 }
 
@@ -216,6 +221,7 @@ impl Runner {
             send_failing: false,
             counters: BTreeMap::new(),
             warnings: WarnLimit::new(WARN_BURST, WARN_WINDOW),
+            own_name_warned: HashSet::new(),
             rng: StdRng::from_entropy(),
         }
     }
@@ -374,6 +380,9 @@ impl Runner {
         match self.heard.accept(&hb, now_ms, now) {
             Ok(outcome) => {
                 self.count("gossip_accepted", 1);
+                if hb.name == me.name && hb.incarnation != me.incarnation && hb.addr != me.addr {
+                    self.warn_own_name(ctx, hb.addr);
+                }
                 if outcome == Accepted::Changed {
                     self.report(ctx, false);
                 }
@@ -383,6 +392,23 @@ impl Runner {
                 self.reject(ctx, "gossip_rejected_replay", src, &why, now);
             }
         }
+    }
+
+    /// Another live node at `addr` gossips with this node's name: the two would never
+    /// connect (the membership skips a candidate with its own name), silently. Says so
+    /// once per address (for at most [`OWN_NAME_WARNINGS`] addresses), with the fix.
+    fn warn_own_name(&mut self, ctx: &Context, addr: SocketAddr) {
+        if self.own_name_warned.len() >= OWN_NAME_WARNINGS || !self.own_name_warned.insert(addr) {
+            return;
+        }
+        let name = &ctx.local().name;
+        tracing::warn!(
+            topology = %ctx.topology(),
+            %addr,
+            "another node at {addr} uses this node's name {name}: the two will never \
+             connect; give every node its own name (--name, `name` in the file, or \
+             RALLYPOINT_NAME)"
+        );
     }
 
     /// Counts a dropped packet under `counter`, and logs it: as a warning while the

@@ -243,11 +243,11 @@ impl Context {
     }
 
     fn set_peers(&self, peers: PeerSet, recovered: bool) {
-        // This node's own entry is left out. A peer with this node's name at another
-        // address is kept: the membership skips it, and says once that two nodes share a
-        // name (they would never connect, silently).
         let me = &self.local;
-        let peers: PeerSet = peers.into_iter().filter(|p| p.addr != me.addr).collect();
+        let peers: PeerSet = peers
+            .into_iter()
+            .filter(|p| p.addr != me.addr && p.name.as_ref() != Some(&me.name))
+            .collect();
         let topology = &self.topology;
         self.status.send_modify(|st| {
             if recovered && let Some(err) = st.last_error.take() {

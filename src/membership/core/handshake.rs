@@ -500,23 +500,6 @@ impl Core {
                         || addr.ip() == self.local.addr.ip())))
     }
 
-    /// A strategy listed `addr`, not this node's, with this node's own name: two nodes
-    /// share a name and will never connect. Says so once per address, with the fix (a
-    /// node skips a candidate with its own name, so nothing else would show it).
-    pub(super) fn warn_own_name(&mut self, addr: SocketAddr, topology: usize) {
-        if self.own_name_warned.len() >= OWN_NAME_WARNINGS || !self.own_name_warned.insert(addr) {
-            tracing::debug!(%addr, topology, "a candidate has this node's own name; skipped");
-            return;
-        }
-        tracing::warn!(
-            %addr,
-            name = %self.local.name,
-            "another node at {addr} uses this node's name {}: the two will never connect; \
-             give every node its own name (--name, `name` in the file, or RALLYPOINT_NAME)",
-            self.local.name
-        );
-    }
-
     pub(super) fn count_failure(&mut self, reason: &'static str) {
         *self.stats.handshake_failures.entry(reason).or_default() += 1;
     }

@@ -157,7 +157,12 @@ impl<'de> Visitor<'de> for QueryVisitor {
         }
     }
 
+    /// Where a list is accepted, a string is comma-separated names (as a list comes
+    /// from the environment); no DNS name holds a comma.
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        if self.list {
+            return Ok(v.split(',').map(|n| Query::new(n.trim())).collect());
+        }
         Ok(vec![Query::new(v)])
     }
 
@@ -286,7 +291,8 @@ fn valid_dns_name(name: &str) -> bool {
         && n.split('.').all(|l| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.chars().all(|c| !c.is_whitespace() && !c.is_control())
+                && l.chars()
+                    .all(|c| !c.is_whitespace() && !c.is_control() && c != ',')
         })
         && hickory_resolver::proto::rr::Name::from_utf8(name).is_ok()
 }
