@@ -954,11 +954,7 @@ fn check_cookie(
         return Ok(());
     }
     let how = if origin == Some("the environment") {
-        format!(
-            "`export {ENV_PREFIX}_{}=\"$({})\"`",
-            base.to_uppercase(),
-            cookie::MAKE_ONE
-        )
+        format!("`export {}=\"$({})\"`", env_var_of(base), cookie::MAKE_ONE)
     } else {
         format!("`{}` and set `{base}` to its output", cookie::MAKE_ONE)
     };

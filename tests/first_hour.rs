@@ -9,10 +9,10 @@
 
 mod support;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use support::daemon::{BIN, Daemon, Spec};
+use support::daemon::{Daemon, Spec, command};
 use support::ports::free_addr;
 
 /// A deadline for things that happen within a second or two on an idle machine.
@@ -22,15 +22,8 @@ const SOON: Duration = Duration::from_secs(30);
 /// `env`, `$HOME` a fresh directory).
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let home = tempfile::tempdir().expect("temp dir");
-    let mut cmd = Command::new(BIN);
+    let mut cmd = command(home.path());
     cmd.args(args).stdin(Stdio::null());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("RALLYPOINT") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("HOME", home.path())
-        .env("XDG_CONFIG_HOME", home.path().join("config"));
     for (k, v) in env {
         cmd.env(k, v);
     }

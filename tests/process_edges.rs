@@ -17,7 +17,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rallypoint::daemon::client;
-use support::daemon::{BIN, Daemon, Spec, Watcher};
+use support::daemon::{Daemon, Spec, Watcher};
 
 /// Formation deadline: generous, for a busy machine.
 const FORM: Duration = Duration::from_secs(30);
@@ -81,19 +81,12 @@ impl Drop for Guard {
 /// `rallypoint` with these arguments, in a clean environment (no `RALLYPOINT_*` but
 /// `env`, `$HOME` in `home`), stdin and stdout closed, stderr piped.
 fn command(args: &[&str], env: &[(&str, &str)], home: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = support::daemon::command(home);
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("RALLYPOINT") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("HOME", home)
-        .env("XDG_CONFIG_HOME", home.join("config"))
-        .env("RUST_LOG", "info");
+    cmd.env("RUST_LOG", "info");
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -27,6 +27,21 @@ use super::ports::free_addr;
 /// The path of the binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_rallypoint");
 
+/// `rallypoint` in a clean environment: none of this process's `RALLYPOINT_*`
+/// variables, `$HOME` and the config directory (where the default cookie lives) in
+/// `home`.
+pub fn command(home: &std::path::Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("RALLYPOINT") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("config"));
+    cmd
+}
+
 /// The membership timing used by the tests: quick, but with room for a busy machine
 /// (a heartbeat every 100 ms, down after 1 s).
 pub const FAST_MEMBERSHIP: &str = include_str!("fast_membership.toml");
@@ -170,19 +185,12 @@ impl Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("rallypoint.toml");
         std::fs::write(&config_path, spec.toml()).expect("write config");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = command(dir.path());
         cmd.arg("run")
             .arg("--config")
             .arg(&config_path)
             .args(&spec.args);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("RALLYPOINT") {
-                cmd.env_remove(k);
-            }
-        }
         cmd.env("RALLYPOINT_COOKIE", &spec.cookie)
-            .env("HOME", dir.path())
-            .env("XDG_CONFIG_HOME", dir.path().join("config"))
             .env("RUST_LOG", "info");
         for (k, v) in &spec.env {
             cmd.env(k, v);
