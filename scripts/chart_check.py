@@ -8,8 +8,8 @@ For the default values and for each file in charts/rallypoint/ci/*.yaml:
 3. every rendered manifest is validated against the Kubernetes 1.33 JSON schemas shipped
    in the PyPI package kubernetes-validate, strictly (an unknown field is an error);
 4. what the chart promises is asserted: a headless Service with a port named `cluster`,
-   the workload and its pods (restricted security context, probes on /healthz and
-   /readyz, the daemon's arguments, cookie and token from Secrets), a Role granting
+   the workload and its pods (restricted security context, exec probes of
+   `rallypoint probe live|ready` against the API's address, the daemon's arguments, cookie and token from Secrets), a Role granting
    exactly get/list/watch on the one resource the kubernetes strategy reads (none for
    dns), and a rallypoint configuration that agrees with all of that;
 5. the rendered config.toml is written to OUT/<case>.toml, and the arguments of
@@ -170,14 +170,17 @@ def validate_schemas(case: Case, docs: list[tuple[str, dict[str, Any]]]) -> None
         )
 
 
-def probe_port(container: dict[str, Any], probe: dict[str, Any]) -> Any:
-    """The port number an httpGet probe reaches (a named port resolved)."""
-    port = get(probe, "httpGet", "port")
-    if isinstance(port, str):
-        for p in container.get("ports") or []:
-            if p.get("name") == port:
-                return p.get("containerPort")
-    return port
+def probe_command(probe: dict[str, Any]) -> list[str]:
+    """The command of an exec probe (empty when the probe is not one)."""
+    return [str(a) for a in get(probe, "exec", "command", default=[]) or []]
+
+
+def flag(command: list[str], name: str) -> str | None:
+    """The value after `name` in a command line, if any."""
+    for i, a in enumerate(command[:-1]):
+        if a == name:
+            return command[i + 1]
+    return None
 
 
 def env_by_name(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -273,14 +276,24 @@ def check(case: Case, docs: list[tuple[str, dict[str, Any]]], notes: str, v: dic
     case.expect(len(apps) == (1 if has_app else 0), f"expected {1 if has_app else 0} application container(s), found {len(apps)}")
     if native:
         case.expect(d.get("restartPolicy") == "Always", "native sidecar: restartPolicy is not Always")
-        case.expect(get(d, "startupProbe", "httpGet", "path") == "/healthz", "native sidecar: no startup probe on /healthz")
+        case.expect(probe_command(d.get("startupProbe") or {})[:3] == ["rallypoint", "probe", "live"],
+                    "native sidecar: no startup probe `rallypoint probe live`")
 
-    # Probes: /healthz and /readyz on the API's port, with no token.
-    for kind, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+    # Probes: `rallypoint probe live|ready` inside the container, against the API's
+    # address as seen from the pod, with the probe's own timeout; no HTTP probe, so
+    # the API can stay on loopback.
+    probe_addrs = set()
+    kinds_checked = [("livenessProbe", "live"), ("readinessProbe", "ready")]
+    if native:
+        kinds_checked.append(("startupProbe", "live"))
+    for kind, check in kinds_checked:
         probe = d.get(kind) or {}
-        case.expect(get(probe, "httpGet", "path") == path, f"daemon: {kind} is not an HTTP GET of {path}")
-        case.expect(probe_port(d, probe) == r["httpPort"], f"daemon: {kind} reaches port {probe_port(d, probe)}, not {r['httpPort']}")
-        case.expect(not get(probe, "httpGet", "httpHeaders"), f"daemon: {kind} sends headers; {path} needs no token")
+        command = probe_command(probe)
+        case.expect(command[:3] == ["rallypoint", "probe", check], f"daemon: {kind} is not an exec of `rallypoint probe {check}`: {probe}")
+        case.expect("httpGet" not in probe, f"daemon: {kind} is an HTTP probe too")
+        timeout = probe.get("timeoutSeconds", 1)
+        case.expect(flag(command, "--timeout") == f"{timeout}s", f"daemon: {kind} --timeout {flag(command, '--timeout')}, the probe's timeoutSeconds is {timeout}")
+        probe_addrs.add(flag(command, "--http-addr"))
     d_ports = {p.get("name"): p for p in d.get("ports") or []}
     case.expect(get(d_ports, "cluster", "containerPort") == r["clusterPort"], "daemon: no container port named cluster on the cluster port")
 
@@ -337,12 +350,18 @@ def check(case: Case, docs: list[tuple[str, dict[str, Any]]], notes: str, v: dic
         return host.strip("[]"), int(port) if port.isdigit() else -1
 
     host, port = addr("http_addr")
-    case.expect(port == r["httpPort"], f"config: http_addr port {port}, the probes use {r['httpPort']}")
+    case.expect(port == r["httpPort"], f"config: http_addr port {port}, the values say {r['httpPort']}")
+    # The probes (and the application) must reach the API where it listens.
     try:
-        loopback = ipaddress.ip_address(host).is_loopback
+        ip = ipaddress.ip_address(host)
+        local = ("::1" if ip.version == 6 else "127.0.0.1") if ip.is_unspecified else str(ip)
     except ValueError:
-        loopback = host == "localhost"
-    case.expect(not loopback, f"config: http_addr {config.get('http_addr')} is loopback; the kubelet's probes could not reach it")
+        local = host
+    want = f"[{local}]:{port}" if ":" in local else f"{local}:{port}"
+    case.expect(probe_addrs == {want}, f"daemon: the probes ask {sorted(map(str, probe_addrs))}, the API listens on {config.get('http_addr')} ({want} from the pod)")
+    if has_app:
+        app_addr = get(env_by_name(apps[0]).get("RALLYPOINT_HTTP_ADDR"), "value")
+        case.expect(app_addr == want, f"app: RALLYPOINT_HTTP_ADDR is {app_addr}, the API is at {want} from the pod")
     case.expect(addr("cluster_addr")[1] == r["clusterPort"], f"config: cluster_addr {config.get('cluster_addr')} is not on port {r['clusterPort']}")
     case.expect(config.get("min_members") == r["minMembers"], f"config: min_members {config.get('min_members')}, values say {r['minMembers']}")
     for secret in ("cookie", "cookie_file", "http_token"):

@@ -75,6 +75,12 @@ async fn command() -> ExitCode {
                 .await
                 .map_err(Into::into)
         }
+        cli::Command::Probe(p) => {
+            init_logging(LogFormat::Text);
+            cli::probe(&p, &mut std::io::stdout())
+                .await
+                .map_err(Into::into)
+        }
         cli::Command::Watch(w) => {
             init_logging(LogFormat::Text);
             cli::watch(&w, &mut std::io::stdout())

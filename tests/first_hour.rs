@@ -246,3 +246,337 @@ fn run_help_shows_the_variable_of_each_flag() {
         assert!(help.contains(&format!("[env: {var}")), "{var} in:\n{help}");
     }
 }
+
+/// A running `rallypoint ARGS` with its stdout and stderr lines as they come; killed
+/// when dropped.
+struct Running {
+    child: std::process::Child,
+    out: tokio::sync::mpsc::UnboundedReceiver<String>,
+    err: tokio::sync::mpsc::UnboundedReceiver<String>,
+    _home: tempfile::TempDir,
+}
+
+impl Running {
+    fn spawn(args: &[&str]) -> Running {
+        let home = tempfile::tempdir().expect("temp dir");
+        let mut child = command(home.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn rallypoint");
+        fn lines(
+            r: impl std::io::Read + Send + 'static,
+        ) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(r).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            rx
+        }
+        let out = lines(child.stdout.take().expect("stdout"));
+        let err = lines(child.stderr.take().expect("stderr"));
+        Running {
+            child,
+            out,
+            err,
+            _home: home,
+        }
+    }
+
+    /// The next line of `which` (stdout or stderr) that contains `what`.
+    async fn line(which: &mut tokio::sync::mpsc::UnboundedReceiver<String>, what: &str) -> String {
+        let deadline = tokio::time::Instant::now() + SOON;
+        loop {
+            match tokio::time::timeout_at(deadline, which.recv()).await {
+                Ok(Some(l)) if l.contains(what) => return l,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the output ended before a line with {what:?}"),
+                Err(_) => panic!("no line with {what:?} within {SOON:?}"),
+            }
+        }
+    }
+
+    /// Waits for the process to exit.
+    async fn exit(&mut self) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + SOON;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the process did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `rallypoint ARGS` on a blocking thread.
+async fn run_async(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&args, &[])
+    })
+    .await
+    .expect("run")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn members_lists_who_left_with_status_reason_and_time_filtered_by_status_and_name() {
+    let a = Spec::new("a");
+    let b = Spec::new("b").peers(&[&a]);
+    let a = Daemon::start(a.peers(&[&b])).await;
+    let mut b = Daemon::start(b).await;
+    let mut wa = a.watch().await;
+    wa.wait_members(&[b.name()], SOON).await;
+    let http = a.spec.http_addr.to_string();
+    let members = |extra: &[&str]| {
+        let mut args = vec!["members".to_owned(), "--http-addr".into(), http.clone()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        run_async(args)
+    };
+
+    let o = members(&[]).await;
+    let out = stdout(&o);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        out.contains("STATUS") && out.contains("1 member up"),
+        "{out}"
+    );
+    let b_line = out
+        .lines()
+        .find(|l| l.starts_with("b@127.0.0.1"))
+        .expect(&out);
+    assert!(b_line.contains(" up "), "{b_line}");
+
+    // b leaves: a lists it as left, with the reason and when.
+    b.signal(libc::SIGTERM);
+    assert!(b.wait_exit(SOON).await.success());
+    let (_, reason) = wa.wait_down(b.name(), SOON).await;
+    assert_eq!(reason, "left");
+    let out = stdout(&members(&[]).await);
+    let b_line = out
+        .lines()
+        .find(|l| l.starts_with("b@127.0.0.1"))
+        .expect(&out);
+    assert!(
+        b_line.contains(" left ") && b_line.trim_end().ends_with("left"),
+        "{b_line}"
+    );
+    assert!(out.contains("0 members up, 1 down or left"), "{out}");
+    // The API body says the same.
+    let body: serde_json::Value = serde_json::from_str(
+        &rallypoint::daemon::client::get(a.spec.http_addr, "/v1/members")
+            .await
+            .expect("members"),
+    )
+    .expect("JSON");
+    assert_eq!(body["departed"][0]["node"]["name"], "b@127.0.0.1", "{body}");
+    assert_eq!(body["departed"][0]["status"], "left", "{body}");
+    assert_eq!(body["departed"][0]["reason"], "left", "{body}");
+    assert!(
+        body["departed"][0]["since"]
+            .as_str()
+            .is_some_and(|s| s.ends_with('Z')),
+        "{body}"
+    );
+
+    // Filters, and the machine format.
+    let out = stdout(&members(&["--status", "up"]).await);
+    assert!(!out.contains("b@127.0.0.1"), "{out}");
+    let o = members(&["--status", "down,left", "--format", "json"]).await;
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON rows");
+    assert_eq!(rows["self"]["name"], "a@127.0.0.1");
+    assert_eq!(rows["members"].as_array().map(Vec::len), Some(1), "{rows}");
+    assert_eq!(rows["members"][0]["name"], "b@127.0.0.1");
+    assert_eq!(rows["members"][0]["status"], "left");
+    assert_eq!(rows["members"][0]["reason"], "left");
+    let out = stdout(&members(&["--name", "^c@"]).await);
+    assert!(
+        !out.contains("b@127.0.0.1") && out.contains("0 members up"),
+        "{out}"
+    );
+    let o = members(&["--name", "("]).await;
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--name \"(\" is not a regular expression"),
+        "{}",
+        stderr(&o)
+    );
+    let o = members(&["--status", "gone"]).await;
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("possible values: up, down, left"),
+        "{}",
+        stderr(&o)
+    );
+
+    // b comes back: up again, and no longer listed as left.
+    let b2 = Daemon::start(b.spec.clone()).await;
+    wa.wait_up(b2.name(), SOON).await;
+    let out = stdout(&members(&[]).await);
+    let b_lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("b@127.0.0.1"))
+        .collect();
+    assert_eq!(b_lines.len(), 1, "{out}");
+    assert!(b_lines[0].contains(" up "), "{out}");
+}
+
+#[tokio::test]
+async fn watch_reconnects_when_the_node_restarts_and_no_reconnect_ends_instead() {
+    let spec = Spec::new("a");
+    let mut a = Daemon::start(spec.clone()).await;
+    let http = a.spec.http_addr.to_string();
+    let mut watch = Running::spawn(&["watch", "--http-addr", &http]);
+    let mut once = Running::spawn(&["watch", "--no-reconnect", "--http-addr", &http]);
+    Running::line(&mut watch.out, "snapshot").await;
+    Running::line(&mut once.out, "snapshot").await;
+
+    a.signal(libc::SIGTERM);
+    assert!(a.wait_exit(SOON).await.success());
+    let said = Running::line(&mut watch.err, "reconnecting in").await;
+    assert!(said.contains("event stream ended"), "{said}");
+    // --no-reconnect: it ends with the reason.
+    assert!(!once.exit().await.success());
+    Running::line(&mut once.err, "event stream ended").await;
+
+    // The node is back on the same ports: watch follows it, from a fresh snapshot
+    // (a new process's ids are its own).
+    let _a = Daemon::start(spec).await;
+    let said = Running::line(&mut watch.err, "reconnected to").await;
+    assert!(said.contains("resuming after #"), "{said}");
+    Running::line(&mut watch.out, "snapshot").await;
+    assert!(
+        watch.child.try_wait().expect("try_wait").is_none(),
+        "watch is still running"
+    );
+}
+
+#[tokio::test]
+async fn watch_resumes_with_the_last_event_id_it_printed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A stand-in API: the first stream gives one event and ends; the second must ask
+    // for what follows it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (head_tx, mut head_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        for (i, id) in [41u64, 42].into_iter().enumerate() {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = head_tx.send(String::from_utf8_lossy(&head).to_lowercase());
+            let data = format!(
+                r#"{{"node":{{"name":"n{i}@10.0.0.1","addr":"10.0.0.1:45893","incarnation":"7"}}}}"#
+            );
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n\
+                 event: nodeup\nid: {id}\ndata: {data}\n\n"
+            );
+            let _ = s.write_all(reply.as_bytes()).await;
+            if i == 0 {
+                drop(s); // the stream ends
+            } else {
+                held.push(s); // stays open
+            }
+        }
+        std::future::pending::<()>().await;
+    });
+    let mut watch = Running::spawn(&["watch", "--http-addr", &addr.to_string()]);
+    let first = Running::line(&mut watch.out, "nodeup").await;
+    assert!(
+        first.contains("#41") && first.contains("n0@10.0.0.1"),
+        "{first}"
+    );
+    let head1 = head_rx.recv().await.expect("first request");
+    assert!(!head1.contains("last-event-id"), "{head1}");
+    let second = Running::line(&mut watch.out, "nodeup").await;
+    assert!(
+        second.contains("#42") && second.contains("n1@10.0.0.1"),
+        "{second}"
+    );
+    let head2 = head_rx.recv().await.expect("second request");
+    assert!(head2.contains("last-event-id: 41\r\n"), "{head2}");
+    Running::line(&mut watch.err, "resuming after #41").await;
+}
+
+#[tokio::test]
+async fn probe_live_and_ready_exit_zero_or_one_with_the_reason() {
+    let mut a = Spec::new("a");
+    a.top_toml = "min_members = 1\nhttp_token = \"t0ken-for-the-api\"".into();
+    let b = Spec::new("b").peers(&[&a]);
+    let a = Daemon::start(a.peers(&[&b])).await;
+    let http = a.spec.http_addr.to_string();
+    let probe = |check: &str| {
+        run_async(
+            ["probe", check, "--http-addr", &http]
+                .map(str::to_owned)
+                .to_vec(),
+        )
+    };
+    // Live at once; not ready while alone (min_members 1); neither needs the token.
+    let o = probe("live").await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "live");
+    let o = probe("ready").await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("not ready: 0 peers up, min_members is 1"),
+        "{}",
+        stderr(&o)
+    );
+    // With its peer up, ready.
+    let _b = Daemon::start(b).await;
+    let deadline = tokio::time::Instant::now() + SOON;
+    let o = loop {
+        // Until a sees b (the probe is the condition waited for, with a deadline).
+        let o = probe("ready").await;
+        if o.status.success() || tokio::time::Instant::now() > deadline {
+            break o;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "ready: 1 peer up (min_members 1)");
+    // Against nothing: exit 1, saying so.
+    let nowhere = free_addr().to_string();
+    let o = run_async(
+        ["probe", "live", "--http-addr", &nowhere]
+            .map(str::to_owned)
+            .to_vec(),
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("cannot connect"), "{}", stderr(&o));
+}

@@ -60,6 +60,47 @@ pub struct Members {
     pub local: Node,
     /// The peers that are up, sorted by name.
     pub members: Vec<Node>,
+    /// `GET /v1/members` only: the peers recently down or left (within the last hour,
+    /// at most 256, sorted by name), omitted when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub departed: Vec<Departed>,
+}
+
+/// A member's status, as `rallypoint members` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Connected and proved the cookie.
+    Up,
+    /// Went down: its connection closed, it fell silent, or it was pruned.
+    Down,
+    /// Left gracefully.
+    Left,
+}
+
+impl Status {
+    /// The status as written (`up`, `down`, `left`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Up => "up",
+            Status::Down => "down",
+            Status::Left => "left",
+        }
+    }
+}
+
+/// A peer recently down or left, in `GET /v1/members`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Departed {
+    /// The instance that went down.
+    pub node: Node,
+    /// `down` or `left`.
+    pub status: Status,
+    /// Why (as in a `nodedown` event); `null` when this node missed the event (it fell
+    /// behind and found the peer gone).
+    pub reason: Option<String>,
+    /// When this node saw it go (RFC 3339, UTC).
+    pub since: String,
 }
 
 impl Members {
@@ -68,6 +109,7 @@ impl Members {
         Members {
             local: Node::of(&snapshot.local),
             members: snapshot.members.values().map(Node::member).collect(),
+            departed: Vec::new(),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The command line: `rallypoint run | check-config | members | watch`.
+//! The command line: `rallypoint run | check-config | members | watch | probe`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -38,8 +38,14 @@ pub enum Command {
     CheckConfig(RunArgs),
     /// Print the members a running node sees.
     Members(MembersArgs),
-    /// Print membership events as they happen (from the node's /v1/events).
+    /// Print membership events as they happen (from the node's /v1/events); when the
+    /// node restarts or the connection drops, reconnect and resume after the last
+    /// event seen.
     Watch(WatchArgs),
+    /// Check a running node for a Kubernetes exec probe (or a script): exit 0 when it
+    /// is live (or ready), 1 with the reason otherwise. The API can then stay on
+    /// loopback.
+    Probe(ProbeArgs),
 }
 
 /// `rallypoint run`: every flag overrides the same key from the file and the
@@ -159,9 +165,31 @@ pub struct MembersArgs {
     /// Where the running node's API is.
     #[command(flatten)]
     pub api: ApiArgs,
-    /// Print the API's JSON body as it is.
-    #[arg(long)]
+    /// Only the members with these statuses: up, down, left (comma-separated). Default:
+    /// all, the peers down or left within the last hour included.
+    #[arg(long, value_enum, value_name = "STATUS,...", value_delimiter = ',')]
+    pub status: Vec<api::Status>,
+    /// Only the members whose name matches this regular expression (anywhere in the
+    /// name; `^` and `$` anchor it).
+    #[arg(long, value_name = "REGEX")]
+    pub name: Option<String>,
+    /// How to print the members: a table for people, or JSON for programs
+    /// (`{"self": NODE, "members": [{"name", "addr", "incarnation", "status", "since",
+    /// "reason"}]}`).
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// The same as --format json.
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+}
+
+/// How `members` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns, this node first.
+    Table,
+    /// One JSON document.
+    Json,
 }
 
 /// `rallypoint watch`.
@@ -173,6 +201,33 @@ pub struct WatchArgs {
     /// Print each event as one JSON line: {"event", "id", "data"}.
     #[arg(long)]
     pub json: bool,
+    /// Exit when the stream ends (the node stopped) instead of reconnecting.
+    #[arg(long)]
+    pub no_reconnect: bool,
+}
+
+/// `rallypoint probe`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// What to check: `live` (the daemon answers, `/healthz`) or `ready` (at least
+    /// `min_members` peers are up, `/readyz`).
+    #[arg(value_enum)]
+    pub check: Probe,
+    /// Where the running node's API is.
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// How long to wait for the answer.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// What `probe` checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Probe {
+    /// The daemon runs and its API answers.
+    Live,
+    /// The daemon sees at least `min_members` peers.
+    Ready,
 }
 
 /// Why `members` or `watch` failed.
@@ -190,6 +245,12 @@ pub enum CommandError {
     /// The event stream ended: the node stopped.
     #[error("the node's event stream ended (did the node stop?)")]
     Ended,
+    /// `--name` is not a regular expression.
+    #[error("--name {0:?} is not a regular expression: {1}")]
+    BadPattern(String, String),
+    /// The probe failed.
+    #[error("{0}")]
+    ProbeFailed(String),
 }
 
 /// `rallypoint check-config`: loads the configuration as `run` would (reading the
@@ -204,8 +265,15 @@ pub fn check_config(args: &RunArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `rallypoint members`: prints the members in a table (or the JSON body).
+/// `rallypoint members`: prints the members (up, and recently down or left) in a table
+/// or as JSON, filtered by status and name.
 pub async fn members(args: &MembersArgs, out: &mut dyn Write) -> Result<(), CommandError> {
+    let pattern = match &args.name {
+        Some(p) => Some(
+            regex::Regex::new(p).map_err(|e| CommandError::BadPattern(p.clone(), e.to_string()))?,
+        ),
+        None => None,
+    };
     let addr = args.api.http_addr;
     let body = tokio::time::timeout(
         REQUEST_TIMEOUT,
@@ -213,85 +281,235 @@ pub async fn members(args: &MembersArgs, out: &mut dyn Write) -> Result<(), Comm
     )
     .await
     .map_err(|_| CommandError::Timeout(addr, REQUEST_TIMEOUT))??;
-    if args.json {
-        let _ = writeln!(out, "{}", body.trim_end());
-        return Ok(());
-    }
     let m: api::Members = serde_json::from_str(&body)?;
-    let _ = write!(out, "{}", members_table(&m));
+    let rows: Vec<Row> = rows(&m)
+        .into_iter()
+        .filter(|r| args.status.is_empty() || args.status.contains(&r.status))
+        .filter(|r| pattern.as_ref().is_none_or(|p| p.is_match(&r.name)))
+        .collect();
+    let text = if args.json || args.format == Format::Json {
+        let body = serde_json::json!({"self": m.local, "members": rows});
+        format!("{body}\n")
+    } else {
+        members_table(&m.local, &rows)
+    };
+    let _ = write!(out, "{text}");
     Ok(())
 }
 
-/// The members as a table, this node on the first line.
-pub fn members_table(m: &api::Members) -> String {
-    let mut rows = vec![[
-        "NAME".to_owned(),
-        "ADDR".to_owned(),
-        "INCARNATION".to_owned(),
-        "UP SINCE".to_owned(),
-    ]];
-    for n in &m.members {
-        rows.push([
-            n.name.clone(),
-            n.addr.to_string(),
-            n.incarnation.clone(),
-            n.up_since.clone().unwrap_or_default(),
+/// One line of `rallypoint members`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Row {
+    /// `basename@host`.
+    pub name: String,
+    /// Its cluster address.
+    pub addr: SocketAddr,
+    /// Its incarnation, in decimal.
+    pub incarnation: String,
+    /// `up`, `down` or `left`.
+    pub status: api::Status,
+    /// Since when it has that status (RFC 3339, UTC).
+    pub since: String,
+    /// Why it went down (`null` while up, or when not known).
+    pub reason: Option<String>,
+}
+
+/// The members of a `/v1/members` body as rows: up and departed, sorted by name.
+pub fn rows(m: &api::Members) -> Vec<Row> {
+    let up = m.members.iter().map(|n| Row {
+        name: n.name.clone(),
+        addr: n.addr,
+        incarnation: n.incarnation.clone(),
+        status: api::Status::Up,
+        since: n.up_since.clone().unwrap_or_default(),
+        reason: None,
+    });
+    let gone = m.departed.iter().map(|d| Row {
+        name: d.node.name.clone(),
+        addr: d.node.addr,
+        incarnation: d.node.incarnation.clone(),
+        status: d.status,
+        since: d.since.clone(),
+        reason: d.reason.clone(),
+    });
+    let mut rows: Vec<Row> = up.chain(gone).collect();
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
+    rows
+}
+
+/// The rows as a table under a line about this node.
+pub fn members_table(local: &api::Node, rows: &[Row]) -> String {
+    let mut cells =
+        vec![["NAME", "ADDR", "STATUS", "INCARNATION", "SINCE", "REASON"].map(str::to_owned)];
+    for r in rows {
+        cells.push([
+            r.name.clone(),
+            r.addr.to_string(),
+            r.status.as_str().to_owned(),
+            r.incarnation.clone(),
+            r.since.clone(),
+            r.reason.clone().unwrap_or_default(),
         ]);
     }
-    let mut widths = [0usize; 4];
-    for r in &rows {
+    let mut widths = [0usize; 6];
+    for r in &cells {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.len());
         }
     }
     let mut s = format!(
         "this node: {} {} incarnation {}\n",
-        m.local.name, m.local.addr, m.local.incarnation
+        local.name, local.addr, local.incarnation
     );
-    for r in &rows {
-        let line = format!(
-            "{:w0$}  {:w1$}  {:w2$}  {}",
-            r[0],
-            r[1],
-            r[2],
-            r[3],
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2]
-        );
+    for r in &cells {
+        let mut line = String::new();
+        for (cell, w) in r.iter().zip(widths) {
+            line.push_str(&format!("{cell:w$}  "));
+        }
         s.push_str(line.trim_end());
         s.push('\n');
     }
+    let up = rows.iter().filter(|r| r.status == api::Status::Up).count();
     s.push_str(&format!(
-        "{} member{}\n",
-        m.members.len(),
-        if m.members.len() == 1 { "" } else { "s" }
+        "{up} member{} up{}\n",
+        if up == 1 { "" } else { "s" },
+        match rows.len() - up {
+            0 => String::new(),
+            n => format!(", {n} down or left"),
+        }
     ));
     s
 }
 
-/// `rallypoint watch`: prints each event until the stream ends.
+/// The first wait before `watch` reconnects; it doubles up to [`RECONNECT_MAX`].
+const RECONNECT_FIRST: Duration = Duration::from_millis(250);
+/// The longest wait between two reconnection attempts.
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// `rallypoint watch`: prints each event. When the stream ends or fails after it
+/// started, it reconnects (waits from 250 ms doubling to 5 s, said on stderr) with
+/// `Last-Event-ID` of the last event printed, so it resumes where it was (the node
+/// sends a fresh snapshot when it no longer holds what was missed, or restarted). The
+/// first connection's failure, and any with `--no-reconnect`, ends it with the error.
 pub async fn watch(args: &WatchArgs, out: &mut dyn Write) -> Result<(), CommandError> {
     let addr = args.api.http_addr;
-    let mut events = tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        EventStream::connect_with_token(addr, "/v1/events", None, args.api.http_token.as_deref()),
+    let token = args.api.http_token.as_deref();
+    let mut last_id: Option<String> = None;
+    let mut wait = RECONNECT_FIRST;
+    let mut connected_once = false;
+    loop {
+        let opened = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            EventStream::connect_with_token(addr, "/v1/events", last_id.as_deref(), token),
+        )
+        .await
+        .map_err(|_| CommandError::Timeout(addr, REQUEST_TIMEOUT))
+        .and_then(|r| r.map_err(CommandError::from));
+        let ended = match opened {
+            Ok(mut events) => {
+                if connected_once {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "rallypoint watch: reconnected to {addr}{}",
+                        match &last_id {
+                            Some(id) => format!("; resuming after #{id}"),
+                            None => String::new(),
+                        }
+                    );
+                }
+                connected_once = true;
+                wait = RECONNECT_FIRST;
+                loop {
+                    match events.next().await {
+                        Ok(Some(ev)) => {
+                            if !print_event(args, &ev, out)? {
+                                // The reader went away (a closed pipe).
+                                return Ok(());
+                            }
+                            if ev.id.is_some() {
+                                last_id = ev.id;
+                            }
+                        }
+                        Ok(None) => break CommandError::Ended,
+                        Err(e) => break e.into(),
+                    }
+                }
+            }
+            Err(e) => e,
+        };
+        // 401, 421 and the like do not mend by retrying.
+        let lasting = matches!(
+            ended,
+            CommandError::Client(ClientError::Status { status, .. }) if status != 503
+        );
+        if !connected_once || args.no_reconnect || lasting {
+            return Err(ended);
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "rallypoint watch: {ended}; reconnecting in {wait:?}"
+        );
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(RECONNECT_MAX);
+    }
+}
+
+/// Prints one event; `false` when the output is closed.
+fn print_event(
+    args: &WatchArgs,
+    ev: &client::ServerEvent,
+    out: &mut dyn Write,
+) -> Result<bool, CommandError> {
+    let line = if args.json {
+        let data: serde_json::Value = serde_json::from_str(&ev.data)?;
+        serde_json::json!({"event": ev.event, "id": ev.id, "data": data}).to_string()
+    } else {
+        describe(ev)?
+    };
+    Ok(writeln!(out, "{line}").and_then(|_| out.flush()).is_ok())
+}
+
+/// `rallypoint probe live|ready`: `Ok` when the node answers `200` to `/healthz`
+/// (`/readyz`), with a line for the probe's output; otherwise the reason.
+pub async fn probe(args: &ProbeArgs, out: &mut dyn Write) -> Result<(), CommandError> {
+    let addr = args.api.http_addr;
+    let path = match args.check {
+        Probe::Live => "/healthz",
+        Probe::Ready => "/readyz",
+    };
+    let (status, body) = tokio::time::timeout(
+        args.timeout,
+        client::get_any(addr, path, args.api.http_token.as_deref()),
     )
     .await
-    .map_err(|_| CommandError::Timeout(addr, REQUEST_TIMEOUT))??;
-    while let Some(ev) = events.next().await? {
-        let line = if args.json {
-            let data: serde_json::Value = serde_json::from_str(&ev.data)?;
-            serde_json::json!({"event": ev.event, "id": ev.id, "data": data}).to_string()
-        } else {
-            describe(&ev)?
-        };
-        if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
-            // The reader went away (a closed pipe): nothing more to do.
-            return Ok(());
+    .map_err(|_| CommandError::Timeout(addr, args.timeout))??;
+    let ready: Option<api::Ready> = serde_json::from_str(&body).ok();
+    match (args.check, status.as_u16(), ready) {
+        (Probe::Live, 200, _) => {
+            let _ = writeln!(out, "live");
+            Ok(())
         }
+        (Probe::Ready, 200, Some(r)) => {
+            let _ = writeln!(
+                out,
+                "ready: {} peer{} up (min_members {})",
+                r.members,
+                if r.members == 1 { "" } else { "s" },
+                r.min_members
+            );
+            Ok(())
+        }
+        (Probe::Ready, 503, Some(r)) => Err(CommandError::ProbeFailed(format!(
+            "not ready: {} peer{} up, min_members is {}",
+            r.members,
+            if r.members == 1 { "" } else { "s" },
+            r.min_members
+        ))),
+        (_, code, _) => Err(CommandError::ProbeFailed(format!(
+            "{path} at {addr} answered {code}: {}",
+            body.trim().chars().take(200).collect::<String>()
+        ))),
     }
-    Err(CommandError::Ended)
 }
 
 /// One event as a line of text, stamped with the time it arrived.

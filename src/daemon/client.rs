@@ -1,16 +1,30 @@
-//! A small HTTP/1.1 client for the daemon's own API, over a plain [`TcpStream`]: enough
-//! for `GET` with a JSON answer and for following a Server-Sent Events stream. Used by
-//! `rallypoint members` and `rallypoint watch`, and by the tests.
+//! The client of the daemon's own API: `GET` with a bounded answer, and a Server-Sent
+//! Events stream. Used by `rallypoint members`, `watch` and `probe`, and by the tests.
+//!
+//! HTTP/1.1 is hyper's (one connection per request); bodies are bounded with
+//! http-body-util; the SSE framing is eventsource-stream's.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use bytes::Bytes;
+use eventsource_stream::{EventStreamError, Eventsource};
+use futures::{Stream, StreamExt};
+use http_body_util::{BodyDataStream, BodyExt, Empty, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-/// The longest status or header line accepted, in bytes.
-const MAX_HEAD_LINE: usize = 64 * 1024;
-/// The longest body (or SSE line) accepted, in bytes.
+/// The longest body accepted, in bytes; for an event stream, the most bytes read
+/// without an event completing.
 const MAX_BODY: usize = 16 * 1024 * 1024;
+/// The most bytes of an error answer's body kept for the message.
+const MAX_ERROR_BODY: usize = 4096;
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -27,9 +41,9 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
-    /// The connection failed midway.
-    #[error("connection to the HTTP API failed")]
-    Io(#[from] std::io::Error),
+    /// The connection failed midway, or the answer is not HTTP.
+    #[error("the connection to the HTTP API failed: {0}")]
+    Http(#[from] hyper::Error),
     /// The answer is not what the API sends.
     #[error("unexpected answer from the HTTP API: {0}")]
     Protocol(String),
@@ -66,20 +80,45 @@ pub async fn get_with_token(
     path: &str,
     token: Option<&str>,
 ) -> Result<String, ClientError> {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let headers: Vec<(&str, &str)> = auth
-        .as_deref()
-        .map(|a| ("Authorization", a))
-        .into_iter()
-        .collect();
-    let mut body = request(addr, path, &headers).await?;
-    let mut out = Vec::new();
-    while body.read(&mut out).await? > 0 {
-        if out.len() > MAX_BODY {
-            return Err(ClientError::Protocol("body too large".into()));
-        }
+    let (status, body) = get_any(addr, path, token).await?;
+    if status != StatusCode::OK {
+        return Err(status_error(status, &body));
     }
-    String::from_utf8(out).map_err(|_| ClientError::Protocol("body is not UTF-8".into()))
+    Ok(body)
+}
+
+/// `GET path`, returning the status and the body, whatever the status (a probe reads a
+/// `503`'s body too).
+pub async fn get_any(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(StatusCode, String), ClientError> {
+    let response = request(addr, path, &[], token).await?;
+    let status = response.status();
+    let bytes = Limited::new(response.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| match e.downcast::<hyper::Error>() {
+            Ok(e) => ClientError::Http(*e),
+            Err(_) => ClientError::Protocol(format!("body longer than {MAX_BODY} bytes")),
+        })?
+        .to_bytes();
+    let body = String::from_utf8(bytes.to_vec())
+        .map_err(|_| ClientError::Protocol("body is not UTF-8".into()))?;
+    Ok((status, body))
+}
+
+/// The error for a status other than `200`, with the start of its body.
+fn status_error(status: StatusCode, body: &str) -> ClientError {
+    let mut end = body.len().min(MAX_ERROR_BODY);
+    while !body.is_char_boundary(end) {
+        end -= 1;
+    }
+    ClientError::Status {
+        status: status.as_u16(),
+        body: body[..end].trim().to_owned(),
+    }
 }
 
 /// One Server-Sent Event.
@@ -93,14 +132,50 @@ pub struct ServerEvent {
     pub data: String,
 }
 
+/// The body as a stream of bytes that fails once more than [`MAX_BODY`] bytes pass
+/// without an event completing (the reader resets `pending` at each event).
+struct Bounded {
+    inner: BodyDataStream<Incoming>,
+    pending: Arc<AtomicUsize>,
+}
+
+/// The error of a [`Bounded`] stream.
+#[derive(Debug)]
+enum BodyError {
+    Http(hyper::Error),
+    TooLong,
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Http(e) => write!(f, "{e}"),
+            BodyError::TooLong => write!(f, "an event longer than {MAX_BODY} bytes"),
+        }
+    }
+}
+
+impl Stream for Bounded {
+    type Item = Result<Bytes, BodyError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(b))) => {
+                if self.pending.fetch_add(b.len(), Ordering::Relaxed) + b.len() > MAX_BODY {
+                    return Poll::Ready(Some(Err(BodyError::TooLong)));
+                }
+                Poll::Ready(Some(Ok(b)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Http(e)))),
+            other => other.map(|o| o.map(|r| r.map_err(BodyError::Http))),
+        }
+    }
+}
+
 /// A Server-Sent Events stream being read.
 pub struct EventStream {
-    body: Body,
-    buf: Vec<u8>,
-    event: Option<String>,
-    id: Option<String>,
-    data: Option<String>,
-    comments: u64,
+    events: eventsource_stream::EventStream<Bounded>,
+    pending: Arc<AtomicUsize>,
 }
 
 impl EventStream {
@@ -121,242 +196,102 @@ impl EventStream {
         last_event_id: Option<&str>,
         token: Option<&str>,
     ) -> Result<Self, ClientError> {
-        let auth = token.map(|t| format!("Bearer {t}"));
-        let mut headers = vec![("Accept", "text/event-stream")];
+        let mut headers = vec![(header::ACCEPT, "text/event-stream")];
         if let Some(id) = last_event_id {
-            headers.push(("Last-Event-ID", id));
+            headers.push((header::HeaderName::from_static("last-event-id"), id));
         }
-        if let Some(a) = &auth {
-            headers.push(("Authorization", a));
+        let response = request(addr, path, &headers, token).await?;
+        let status = response.status();
+        if status != StatusCode::OK {
+            let (_, body) = read_error_body(response).await;
+            return Err(status_error(status, &body));
         }
-        let body = request(addr, path, &headers).await?;
+        let pending = Arc::new(AtomicUsize::new(0));
+        let bounded = Bounded {
+            inner: BodyDataStream::new(response.into_body()),
+            pending: pending.clone(),
+        };
         Ok(EventStream {
-            body,
-            buf: Vec::new(),
-            event: None,
-            id: None,
-            data: None,
-            comments: 0,
+            events: bounded.eventsource(),
+            pending,
         })
-    }
-
-    /// How many comment lines (keep-alives) have been read so far.
-    pub fn comments(&self) -> u64 {
-        self.comments
     }
 
     /// The next event; `None` when the server ended the stream.
     pub async fn next(&mut self) -> Result<Option<ServerEvent>, ClientError> {
-        loop {
-            while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
-                let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                let line = String::from_utf8(line)
-                    .map_err(|_| ClientError::Protocol("event line is not UTF-8".into()))?;
-                if let Some(ev) = self.line(&line) {
-                    return Ok(Some(ev));
-                }
+        match self.events.next().await {
+            None => Ok(None),
+            Some(Ok(ev)) => {
+                self.pending.store(0, Ordering::Relaxed);
+                Ok(Some(ServerEvent {
+                    event: ev.event,
+                    id: (!ev.id.is_empty()).then_some(ev.id),
+                    data: ev.data,
+                }))
             }
-            if self.buf.len() > MAX_BODY {
-                return Err(ClientError::Protocol("event line too long".into()));
+            Some(Err(EventStreamError::Transport(BodyError::Http(e)))) => Err(ClientError::Http(e)),
+            Some(Err(EventStreamError::Transport(e @ BodyError::TooLong))) => {
+                Err(ClientError::Protocol(e.to_string()))
             }
-            if self.body.read(&mut self.buf).await? == 0 {
-                return Ok(None);
+            Some(Err(EventStreamError::Utf8(_))) => {
+                Err(ClientError::Protocol("event stream is not UTF-8".into()))
             }
+            Some(Err(EventStreamError::Parser(e))) => Err(ClientError::Protocol(format!(
+                "not an event stream ({:?})",
+                e.code
+            ))),
         }
-    }
-
-    /// Takes one line; a blank line completes an event.
-    fn line(&mut self, line: &str) -> Option<ServerEvent> {
-        if line.is_empty() {
-            let event = self.event.take();
-            let data = self.data.take()?;
-            return Some(ServerEvent {
-                event: event.unwrap_or_else(|| "message".into()),
-                id: self.id.clone(),
-                data,
-            });
-        }
-        if line.starts_with(':') {
-            self.comments += 1;
-            return None;
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (line, ""),
-        };
-        match field {
-            "event" => self.event = Some(value.to_owned()),
-            "id" => self.id = Some(value.to_owned()),
-            "data" => match &mut self.data {
-                Some(d) => {
-                    d.push('\n');
-                    d.push_str(value);
-                }
-                None => self.data = Some(value.to_owned()),
-            },
-            _ => {}
-        }
-        None
     }
 }
 
-/// How a response body is delimited.
-enum Framing {
-    /// `Transfer-Encoding: chunked`; bytes left in the current chunk.
-    Chunked { left: usize },
-    /// `Content-Length`; bytes left.
-    Length(usize),
-    /// Until the connection closes.
-    Eof,
-}
-
-/// A response body being read.
-struct Body {
-    reader: BufReader<TcpStream>,
-    framing: Framing,
-    done: bool,
-}
-
-impl Body {
-    /// Appends the next bytes of the body to `out`; 0 at the end.
-    async fn read(&mut self, out: &mut Vec<u8>) -> Result<usize, ClientError> {
-        if self.done {
-            return Ok(0);
-        }
-        let want = match self.framing {
-            Framing::Length(0) => {
-                self.done = true;
-                return Ok(0);
-            }
-            Framing::Length(n) => n,
-            Framing::Chunked { left: 0 } => {
-                let line = read_line(&mut self.reader).await?;
-                let size = line.split(';').next().unwrap_or("").trim();
-                let size = usize::from_str_radix(size, 16)
-                    .map_err(|_| ClientError::Protocol(format!("bad chunk size {size:?}")))?;
-                if size == 0 {
-                    // Trailers, up to the blank line.
-                    while !read_line(&mut self.reader).await?.is_empty() {}
-                    self.done = true;
-                    return Ok(0);
-                }
-                self.framing = Framing::Chunked { left: size };
-                size
-            }
-            Framing::Chunked { left } => left,
-            Framing::Eof => 8192,
-        };
-        let mut chunk = vec![0u8; want.min(8192)];
-        let n = self.reader.read(&mut chunk).await?;
-        if n == 0 {
-            self.done = true;
-            return match self.framing {
-                Framing::Eof => Ok(0),
-                _ => Err(ClientError::Protocol("connection closed mid-body".into())),
-            };
-        }
-        out.extend_from_slice(&chunk[..n]);
-        match &mut self.framing {
-            Framing::Length(left) => *left -= n,
-            Framing::Chunked { left } => {
-                *left -= n;
-                if *left == 0 && !read_line(&mut self.reader).await?.is_empty() {
-                    return Err(ClientError::Protocol("chunk not followed by CRLF".into()));
+/// The start of an error answer's body (what fits in [`MAX_ERROR_BODY`]).
+async fn read_error_body(response: Response<Incoming>) -> (StatusCode, String) {
+    let status = response.status();
+    let mut body = response.into_body();
+    let mut text = Vec::new();
+    while text.len() < MAX_ERROR_BODY {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    text.extend_from_slice(&data);
                 }
             }
-            Framing::Eof => {}
+            _ => break,
         }
-        Ok(n)
     }
+    (status, String::from_utf8_lossy(&text).into_owned())
 }
 
-/// Reads one line of the response head (or of the chunked framing), without its CRLF.
-async fn read_line(reader: &mut BufReader<TcpStream>) -> Result<String, ClientError> {
-    let mut line = Vec::new();
-    let n = (&mut *reader)
-        .take(MAX_HEAD_LINE as u64)
-        .read_until(b'\n', &mut line)
-        .await?;
-    if n == 0 {
-        return Err(ClientError::Protocol("connection closed early".into()));
-    }
-    if line.last() != Some(&b'\n') {
-        return Err(ClientError::Protocol("line too long".into()));
-    }
-    line.pop();
-    if line.last() == Some(&b'\r') {
-        line.pop();
-    }
-    String::from_utf8(line).map_err(|_| ClientError::Protocol("line is not UTF-8".into()))
-}
-
-/// Sends `GET path` and reads the response head; returns the body of a `200`.
+/// Sends `GET path` on a new connection and returns the answer's head, its body still
+/// to read.
 async fn request(
     addr: SocketAddr,
     path: &str,
-    headers: &[(&str, &str)],
-) -> Result<Body, ClientError> {
+    headers: &[(header::HeaderName, &str)],
+    token: Option<&str>,
+) -> Result<Response<Incoming>, ClientError> {
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|source| ClientError::Connect { addr, source })?;
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        // The connection's errors reach the request or the body being read.
+        let _ = conn.await;
+    });
+    let mut req = Request::get(path).header(header::HOST, addr.to_string());
+    for (name, value) in headers {
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| ClientError::Protocol(format!("{name} is not a header value")))?;
+        req = req.header(name, value);
     }
-    req.push_str("\r\n");
-    let mut reader = BufReader::new(stream);
-    reader.get_mut().write_all(req.as_bytes()).await?;
-    let status_line = read_line(&mut reader).await?;
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| ClientError::Protocol(format!("bad status line {status_line:?}")))?;
-    let mut framing = Framing::Eof;
-    loop {
-        let line = read_line(&mut reader).await?;
-        if line.is_empty() {
-            break;
-        }
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(ClientError::Protocol(format!("bad header line {line:?}")));
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding")
-            && value.to_ascii_lowercase().contains("chunked")
-        {
-            framing = Framing::Chunked { left: 0 };
-        } else if name.eq_ignore_ascii_case("content-length")
-            && !matches!(framing, Framing::Chunked { .. })
-        {
-            let n: usize = value
-                .parse()
-                .map_err(|_| ClientError::Protocol(format!("bad content-length {value:?}")))?;
-            if n > MAX_BODY {
-                return Err(ClientError::Protocol(format!(
-                    "body of {n} bytes is too large"
-                )));
-            }
-            framing = Framing::Length(n);
-        }
+    if let Some(t) = token {
+        let value = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
+            ClientError::Protocol("the token is not a header value (printable ASCII)".into())
+        })?;
+        req = req.header(header::AUTHORIZATION, value);
     }
-    let mut body = Body {
-        reader,
-        framing,
-        done: false,
-    };
-    if status != 200 {
-        let mut text = Vec::new();
-        while text.len() < 4096 && body.read(&mut text).await.unwrap_or(0) > 0 {}
-        text.truncate(4096);
-        return Err(ClientError::Status {
-            status,
-            body: String::from_utf8_lossy(&text).trim().to_owned(),
-        });
-    }
-    Ok(body)
+    let req = req
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| ClientError::Protocol(format!("bad request for {path:?}: {e}")))?;
+    Ok(sender.send_request(req).await?)
 }

@@ -5,7 +5,7 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /v1/members` | `{"self": NODE, "members": [NODE…]}` ([`api::Members`]) |
+//! | `GET /v1/members` | `{"self": NODE, "members": [NODE…], "departed": [DEPARTED…]}` ([`api::Members`]) |
 //! | `GET /v1/events` | Server-Sent Events (see [`super::sse`]) |
 //! | `GET /v1/topologies` | each topology's strategy, candidates and health ([`api::Topologies`]) |
 //! | `GET /metrics` | the counters in the Prometheus text format (see [`super::metrics`]) |
@@ -30,6 +30,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
+use super::departed::Departed;
 use super::host::AllowedHosts;
 use super::metrics::HttpStats;
 use super::serve::ConnInfo;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub metrics: Arc<prometheus_client::registry::Registry>,
     /// The latest events, for SSE clients that resume.
     pub history: Arc<sse::History>,
+    /// The peers recently down or left.
+    pub departed: Arc<Departed>,
     /// The bearer token the API requires, if any.
     pub token: Option<Arc<str>>,
     /// The hosts answered without a token, besides loopback and the daemon's own
@@ -146,7 +149,13 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn members(State(s): State<AppState>) -> Json<api::Members> {
-    Json(api::Members::of(&s.cluster.snapshot()))
+    let snapshot = s.cluster.snapshot();
+    let mut body = api::Members::of(&snapshot);
+    body.departed = s.departed.list(
+        std::time::SystemTime::now(),
+        &snapshot.members.keys().collect(),
+    );
+    Json(body)
 }
 
 async fn events(

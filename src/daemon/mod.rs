@@ -1,13 +1,14 @@
 //! The `rallypoint` daemon: a cluster node with an HTTP API, for programs in any
 //! language.
 //!
-//! - [`cli`]: the command line (`run`, `check-config`, `members`, `watch`);
+//! - [`cli`]: the command line (`run`, `check-config`, `members`, `watch`, `probe`);
 //! - [`http`]: the HTTP API's routes; [`api`]: its JSON bodies; [`sse`]: the event
 //!   stream; [`metrics`]: the Prometheus metrics;
 //! - [`serve`]: the API's accept loop and connections, with a cap and timeouts
 //!   ([`timeouts`]); [`host`]: the `Host` rule without a token; [`rlimit`]: the
 //!   open-file limit;
-//! - [`client`]: a small client for the API (used by `members` and `watch`).
+//! - [`departed`]: the peers recently down or left, for `/v1/members`;
+//! - [`client`]: the client of the API (used by `members`, `watch` and `probe`).
 //!
 //! [`run`] is the daemon: it binds the HTTP API, starts the node with the configured
 //! topologies, serves until its shutdown future resolves, then leaves the cluster
@@ -28,6 +29,7 @@ use crate::config::{Config, ConfigError};
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod departed;
 pub mod host;
 pub mod http;
 pub mod metrics;
@@ -203,6 +205,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         min_members: config.min_members,
         metrics: Arc::new(metrics::registry(cluster.clone(), http_stats.clone())),
         history: sse::History::start(&cluster, config.event_history, stop.clone()),
+        departed: departed::Departed::start(&cluster, stop.clone()),
         token: config.http_token.as_ref().map(|t| Arc::from(t.expose())),
         allowed_hosts: Arc::new(host::AllowedHosts::new(&config.http.allowed_hosts)),
         http_stats: http_stats.clone(),

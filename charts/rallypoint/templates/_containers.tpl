@@ -55,12 +55,12 @@ The pod's two containers: the rallypoint daemon and the application.
       protocol: TCP
   {{- if include "rallypoint.native" . }}
   startupProbe:
-    {{- toYaml (merge (dict "httpGet" (dict "path" "/healthz" "port" "http")) $r.startupProbe) | nindent 4 }}
+    {{- include "rallypoint.execProbe" (list . "live" $r.startupProbe) | nindent 4 }}
   {{- end }}
   livenessProbe:
-    {{- toYaml (merge (dict "httpGet" (dict "path" "/healthz" "port" "http")) $r.livenessProbe) | nindent 4 }}
+    {{- include "rallypoint.execProbe" (list . "live" $r.livenessProbe) | nindent 4 }}
   readinessProbe:
-    {{- toYaml (merge (dict "httpGet" (dict "path" "/readyz" "port" "http")) $r.readinessProbe) | nindent 4 }}
+    {{- include "rallypoint.execProbe" (list . "ready" $r.readinessProbe) | nindent 4 }}
   {{- with $r.resources }}
   resources:
     {{- toYaml . | nindent 4 }}

@@ -192,13 +192,27 @@ the name the other pods derive from the API or from DNS.
 {{- end -}}
 {{- end -}}
 
-{{/* The API's address as seen from inside the pod (loopback of the bind's family). */}}
+{{/* The API's address as seen from inside the pod: the loopback of the bind's family
+for a wildcard bind, else the bind address itself. */}}
 {{- define "rallypoint.localHttpAddr" -}}
-{{- if contains ":" (toString .Values.rallypoint.httpBind) -}}
+{{- $bind := toString .Values.rallypoint.httpBind -}}
+{{- if eq $bind "0.0.0.0" -}}
+{{- include "rallypoint.addr" (list "127.0.0.1" .Values.rallypoint.httpPort) -}}
+{{- else if eq $bind "::" -}}
 {{- include "rallypoint.addr" (list "::1" .Values.rallypoint.httpPort) -}}
 {{- else -}}
-{{- include "rallypoint.addr" (list "127.0.0.1" .Values.rallypoint.httpPort) -}}
+{{- include "rallypoint.addr" (list $bind .Values.rallypoint.httpPort) -}}
 {{- end -}}
+{{- end -}}
+
+{{/* An exec probe: `rallypoint probe CHECK` against this pod's API. Arguments: the
+root context, the check (`live` or `ready`), the probe's settings. */}}
+{{- define "rallypoint.execProbe" -}}
+{{- $ctx := index . 0 -}}
+{{- $settings := index . 2 -}}
+{{- $timeout := int (default 1 $settings.timeoutSeconds) -}}
+{{- $command := list "rallypoint" "probe" (index . 1) "--http-addr" (include "rallypoint.localHttpAddr" $ctx) "--timeout" (printf "%ds" $timeout) -}}
+{{- toYaml (merge (dict "exec" (dict "command" $command)) $settings) -}}
 {{- end -}}
 
 {{/* "true" when an API token is in use. */}}
