@@ -53,20 +53,26 @@ fi
 # ---- DNS strategy: the tests run a real DNS server in-process (hickory-server, a
 # dev-dependency): nothing to install.
 
-# ---- Helm chart checks: pip packages (helm-python-sdk, kubernetes-validate) -------
+# ---- Python tools: the Helm chart checks and the OpenAPI checks (pip) ------------
 # scripts/chart_check.py (run by tests/chart.rs) lints and renders the chart with Helm's
 # Go SDK (helm-python-sdk ships it as a shared library: no helm binary) and validates
 # the manifests against the Kubernetes schemas kubernetes-validate ships (no download
-# at run time). The versions are the ones verified to work together.
-chart_pip_packages=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0)
-if ! python3 -c 'import helm_python, kubernetes_validate.version as kv, yaml
-assert helm_python.__version__ == "0.2.2" and kv.__version__ == "1.37.0"' >/dev/null 2>&1; then
+# at run time). tests/openapi.rs validates docs/openapi.yaml (openapi-spec-validator)
+# and fuzzes a live daemon against it (schemathesis). The versions are the ones
+# verified to work together.
+python_pip_packages=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0
+    openapi-spec-validator==0.9.0 schemathesis==4.32.5)
+if ! python3 -c 'import helm_python, kubernetes_validate.version as kv, yaml, openapi_spec_validator
+import importlib.metadata as m
+assert helm_python.__version__ == "0.2.2" and kv.__version__ == "1.37.0"
+assert m.version("schemathesis") == "4.32.5" and m.version("openapi-spec-validator") == "0.9.0"' >/dev/null 2>&1 ||
+    ! command -v schemathesis >/dev/null 2>&1; then
     if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
         apt_install python3 python3-pip
     fi
     # Debian's own python3 refuses installs outside a virtualenv (PEP 668): say we mean it.
-    python3 -m pip install --quiet "${chart_pip_packages[@]}" ||
-        python3 -m pip install --quiet --break-system-packages "${chart_pip_packages[@]}"
+    python3 -m pip install --quiet "${python_pip_packages[@]}" ||
+        python3 -m pip install --quiet --break-system-packages "${python_pip_packages[@]}"
 fi
 
 # ---- Fuzzing (scripts/fuzz.sh): cargo-fuzz from crates.io ------------------------

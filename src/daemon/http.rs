@@ -12,8 +12,9 @@
 //! | `GET /healthz` | `200 ok` while the daemon runs |
 //! | `GET /readyz` | `200` once at least `min_members` peers are up, else `503` ([`api::Ready`]) |
 //! | `GET /` | the status page, for a person (with its script at `/status.js`) |
+//! | `GET /openapi.yaml` | this API's OpenAPI 3 document, [`OPENAPI`] (`docs/openapi.yaml`) |
 //!
-//! The status page and its script hold no data, so they need no token: the script reads
+//! The status page, its script and the OpenAPI document hold no data, so they need no token: the script reads
 //! the API (asking for the token when it gets a `401`) and follows `/v1/events` live.
 //!
 //! Without a token, every route but `/healthz` and `/readyz` answers only requests whose
@@ -75,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .merge(guarded)
         .route("/", get(status_page))
         .route("/status.js", get(status_script))
+        .route("/openapi.yaml", get(openapi))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_host));
     Router::new()
         .merge(by_host)
@@ -200,6 +202,19 @@ async fn status_script() -> impl IntoResponse {
             (header::CACHE_CONTROL, "no-cache"),
         ],
         STATUS_JS,
+    )
+}
+
+/// This API's OpenAPI document (docs/openapi.yaml).
+pub const OPENAPI: &str = include_str!("../../docs/openapi.yaml");
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "application/yaml"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        OPENAPI,
     )
 }
 
