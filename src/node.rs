@@ -128,7 +128,7 @@ impl fmt::Display for Node {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} ({}, #{:016x})",
+            "{} ({}, incarnation {})",
             self.name, self.addr, self.incarnation
         )
     }

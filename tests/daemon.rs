@@ -1160,6 +1160,38 @@ async fn log_format_json_writes_one_json_object_a_line() {
     );
     assert_eq!(ready["level"], "INFO");
 
+    // A peer's coming and going: its name, address and incarnation (decimal, as in the
+    // API) and the reason, each a field of its own.
+    let mut p = Spec::new("peer");
+    p.peers = vec![a.spec.cluster_addr];
+    let mut p = Daemon::start(p).await;
+    let fields = |line: String| -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(&line).expect("JSON")["fields"].clone()
+    };
+    let is = |msg: &'static str| {
+        move |l: &str| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|v| v["fields"]["message"] == msg)
+        }
+    };
+    let up = fields(
+        a.wait_log("node up", Duration::from_secs(30), is("node up"))
+            .await,
+    );
+    let seen = a.members().await;
+    let member = &seen.members[0];
+    assert_eq!(up["peer"], "peer@127.0.0.1", "{up}");
+    assert_eq!(up["peer_addr"], member.addr.to_string(), "{up}");
+    assert_eq!(up["incarnation"], member.incarnation.as_str(), "{up}");
+    p.kill9();
+    let down = fields(
+        a.wait_log("node down", Duration::from_secs(30), is("node down"))
+            .await,
+    );
+    assert_eq!(down["peer"], "peer@127.0.0.1", "{down}");
+    assert_eq!(down["incarnation"], member.incarnation.as_str(), "{down}");
+    assert_eq!(down["reason"], "connection_closed", "{down}");
+
     // By default, text.
     let b = Daemon::start(Spec::new("textlog")).await;
     assert!(b.log().lines().all(|l| !l.starts_with('{')), "{}", b.log());

@@ -560,7 +560,10 @@ impl Core {
         if c.phase == Phase::Established {
             self.stats.protocol_errors += 1;
             let peer = c.peer.clone();
-            tracing::warn!(peer = ?peer.as_ref().map(|p| p.name.to_string()), %error, "cutting connection: bad frame");
+            match &peer {
+                Some(p) => tracing::warn!(peer = %p.name, %error, "cutting connection: bad frame"),
+                None => tracing::warn!(%error, "cutting connection: bad frame"),
+            }
             self.actions.push_back(Action::Send {
                 conn,
                 frame: Frame::Reject(reason),
@@ -640,7 +643,14 @@ impl Core {
                     self.stats.protocol_errors += 1;
                     *self.stats.transport_errors.entry("unexpected").or_default() += 1;
                     let peer = c.peer.clone();
-                    tracing::warn!(peer = ?peer.as_ref().map(|p| p.name.to_string()), frame = kind, "cutting connection: unexpected frame");
+                    match &peer {
+                        Some(p) => {
+                            tracing::warn!(peer = %p.name, frame = kind, "cutting connection: unexpected frame")
+                        }
+                        None => {
+                            tracing::warn!(frame = kind, "cutting connection: unexpected frame")
+                        }
+                    }
                     self.actions.push_back(Action::Send {
                         conn,
                         frame: Frame::Reject(RejectReason::Protocol),

@@ -325,7 +325,7 @@ impl Core {
                 if !c.suspected {
                     c.suspected = true;
                     if let Some(peer) = self.up.get(&name).map(|u| u.node.clone()) {
-                        tracing::debug!(peer = %peer, silent_ms = silence.as_millis() as u64, "suspecting a silent peer");
+                        tracing::debug!(peer = %peer.name, peer_addr = %peer.addr, incarnation = %peer.incarnation, silent_ms = silence.as_millis() as u64, "suspecting a silent peer");
                         self.spread_suspicion(&peer);
                         self.sweep(now, &peer.name);
                     }

@@ -307,7 +307,7 @@ impl Core {
         self.ring.insert(detect::ring_key(&peer.name));
         self.rebuild_ring(now);
         self.stats.nodeups += 1;
-        tracing::info!(peer = %peer, "node up");
+        tracing::info!(peer = %peer.name, peer_addr = %peer.addr, incarnation = %peer.incarnation, "node up");
         self.actions.push_back(Action::Emit(Event::NodeUp(peer)));
         if exchange {
             let list = self.member_list();

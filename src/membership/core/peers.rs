@@ -23,8 +23,20 @@ impl Core {
         self.was_authoritative.remove(name);
         self.stats.nodedowns += 1;
         match reason {
-            DownReason::Left => tracing::info!(peer = %u.node, "node down: left"),
-            _ => tracing::warn!(peer = %u.node, reason = reason.as_str(), "node down"),
+            DownReason::Left => tracing::info!(
+                peer = %u.node.name,
+                peer_addr = %u.node.addr,
+                incarnation = %u.node.incarnation,
+                reason = reason.as_str(),
+                "node down: left"
+            ),
+            _ => tracing::warn!(
+                peer = %u.node.name,
+                peer_addr = %u.node.addr,
+                incarnation = %u.node.incarnation,
+                reason = reason.as_str(),
+                "node down"
+            ),
         }
         self.actions.push_back(Action::Emit(Event::NodeDown {
             node: u.node.clone(),
@@ -138,7 +150,14 @@ impl Core {
         t.retry_at = now + delay;
         if !t.warned {
             t.warned = true;
-            tracing::warn!(%addr, peer = ?t.name.as_ref().map(|n| n.to_string()), error = why, "cannot reach peer; retrying with backoff");
+            match &t.name {
+                Some(name) => {
+                    tracing::warn!(peer = %name, peer_addr = %addr, error = why, "cannot reach peer; retrying with backoff")
+                }
+                None => {
+                    tracing::warn!(peer_addr = %addr, error = why, "cannot reach peer; retrying with backoff")
+                }
+            }
         } else {
             tracing::debug!(%addr, error = why, retry_in = ?delay, "still cannot reach peer");
         }
@@ -224,7 +243,7 @@ impl Core {
             }
         }
         for node in to_prune {
-            tracing::info!(peer = %node, "pruning: gone from every authoritative topology");
+            tracing::info!(peer = %node.name, peer_addr = %node.addr, incarnation = %node.incarnation, "pruning: gone from every authoritative topology");
             self.pruned.insert(node.name.clone(), (node.addr, now));
             if let Some(t) = self.targets.get_mut(&node.addr) {
                 t.learned = None;
