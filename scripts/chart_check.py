@@ -292,7 +292,8 @@ def check(case: Case, docs: list[tuple[str, dict[str, Any]]], notes: str, v: dic
         case.expect(command[:3] == ["rallypoint", "probe", check], f"daemon: {kind} is not an exec of `rallypoint probe {check}`: {probe}")
         case.expect("httpGet" not in probe, f"daemon: {kind} is an HTTP probe too")
         timeout = probe.get("timeoutSeconds", 1)
-        case.expect(flag(command, "--timeout") == f"{timeout}s", f"daemon: {kind} --timeout {flag(command, '--timeout')}, the probe's timeoutSeconds is {timeout}")
+        # 300 ms under the kubelet's timeout, so the probe's own reason is what is shown.
+        case.expect(flag(command, "--timeout") == f"{timeout * 1000 - 300}ms", f"daemon: {kind} --timeout {flag(command, '--timeout')}, the probe's timeoutSeconds is {timeout}")
         probe_addrs.add(flag(command, "--http-addr"))
     d_ports = {p.get("name"): p for p in d.get("ports") or []}
     case.expect(get(d_ports, "cluster", "containerPort") == r["clusterPort"], "daemon: no container port named cluster on the cluster port")

@@ -373,7 +373,16 @@ async fn members_lists_who_left_with_status_reason_and_time_filtered_by_status_a
     assert!(b.wait_exit(SOON).await.success());
     let (_, reason) = wa.wait_down(b.name(), SOON).await;
     assert_eq!(reason, "left");
-    let out = stdout(&members(&[]).await);
+    // The departed list has its own subscription: wait (with a deadline) until it too
+    // has seen b go.
+    let deadline = tokio::time::Instant::now() + SOON;
+    let out = loop {
+        let out = stdout(&members(&[]).await);
+        if out.contains("1 down or left") || tokio::time::Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let b_line = out
         .lines()
         .find(|l| l.starts_with("b@127.0.0.1"))
@@ -406,10 +415,11 @@ async fn members_lists_who_left_with_status_reason_and_time_filtered_by_status_a
     let o = members(&["--status", "down,left", "--format", "json"]).await;
     let rows: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON rows");
     assert_eq!(rows["self"]["name"], "a@127.0.0.1");
-    assert_eq!(rows["members"].as_array().map(Vec::len), Some(1), "{rows}");
-    assert_eq!(rows["members"][0]["name"], "b@127.0.0.1");
-    assert_eq!(rows["members"][0]["status"], "left");
-    assert_eq!(rows["members"][0]["reason"], "left");
+    assert_eq!(rows["members"], serde_json::json!([]), "{rows}");
+    assert_eq!(rows["departed"].as_array().map(Vec::len), Some(1), "{rows}");
+    assert_eq!(rows["departed"][0]["name"], "b@127.0.0.1");
+    assert_eq!(rows["departed"][0]["status"], "left");
+    assert_eq!(rows["departed"][0]["reason"], "left");
     let out = stdout(&members(&["--name", "^c@"]).await);
     assert!(
         !out.contains("b@127.0.0.1") && out.contains("0 members up"),
@@ -472,19 +482,25 @@ async fn watch_reconnects_when_the_node_restarts_and_no_reconnect_ends_instead()
     );
 }
 
-#[tokio::test]
-async fn watch_resumes_with_the_last_event_id_it_printed() {
+/// A stand-in API on loopback: connection `i` gets `replies[i]` (raw bytes) and is
+/// closed, but the last, which stays open; each request's head (lowercased) is sent on
+/// the channel.
+async fn stand_in(
+    replies: Vec<Vec<u8>>,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // A stand-in API: the first stream gives one event and ends; the second must ask
-    // for what follows it.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let (head_tx, mut head_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (head_tx, head_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut held = Vec::new();
-        for (i, id) in [41u64, 42].into_iter().enumerate() {
+        let n = replies.len();
+        for (i, reply) in replies.into_iter().enumerate() {
             let Ok((mut s, _)) = listener.accept().await else {
                 return;
             };
@@ -497,15 +513,8 @@ async fn watch_resumes_with_the_last_event_id_it_printed() {
                 }
             }
             let _ = head_tx.send(String::from_utf8_lossy(&head).to_lowercase());
-            let data = format!(
-                r#"{{"node":{{"name":"n{i}@10.0.0.1","addr":"10.0.0.1:45893","incarnation":"7"}}}}"#
-            );
-            let reply = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n\
-                 event: nodeup\nid: {id}\ndata: {data}\n\n"
-            );
-            let _ = s.write_all(reply.as_bytes()).await;
-            if i == 0 {
+            let _ = s.write_all(&reply).await;
+            if i + 1 < n {
                 drop(s); // the stream ends
             } else {
                 held.push(s); // stays open
@@ -513,22 +522,95 @@ async fn watch_resumes_with_the_last_event_id_it_printed() {
         }
         std::future::pending::<()>().await;
     });
+    (addr, head_rx)
+}
+
+/// An event stream's reply: the head, then these raw bytes.
+fn sse_reply(body: &[u8]) -> Vec<u8> {
+    let mut r = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n".to_vec();
+    r.extend_from_slice(body);
+    r
+}
+
+/// A `nodeup` event of node `n{i}@10.0.0.1` with this id line.
+fn nodeup(i: usize, id: &str) -> Vec<u8> {
+    format!(
+        "event: nodeup\nid: {id}\ndata: {{\"node\":{{\"name\":\"n{i}@10.0.0.1\",\"addr\":\"10.0.0.1:45893\",\"incarnation\":\"7\"}}}}\n\n"
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn watch_resumes_with_the_last_event_id_it_printed() {
+    // The first stream gives one event and ends; the second must ask for what follows.
+    let (addr, mut heads) = stand_in(vec![
+        sse_reply(&nodeup(0, "41")),
+        sse_reply(&nodeup(1, "42")),
+    ])
+    .await;
     let mut watch = Running::spawn(&["watch", "--http-addr", &addr.to_string()]);
     let first = Running::line(&mut watch.out, "nodeup").await;
     assert!(
         first.contains("#41") && first.contains("n0@10.0.0.1"),
         "{first}"
     );
-    let head1 = head_rx.recv().await.expect("first request");
+    let head1 = heads.recv().await.expect("first request");
     assert!(!head1.contains("last-event-id"), "{head1}");
     let second = Running::line(&mut watch.out, "nodeup").await;
     assert!(
         second.contains("#42") && second.contains("n1@10.0.0.1"),
         "{second}"
     );
-    let head2 = head_rx.recv().await.expect("second request");
+    let head2 = heads.recv().await.expect("second request");
     assert!(head2.contains("last-event-id: 41\r\n"), "{head2}");
     Running::line(&mut watch.err, "resuming after #41").await;
+}
+
+#[tokio::test]
+async fn watch_gives_up_on_bad_streams_at_once_and_never_sends_back_an_unsendable_id() {
+    // Invalid UTF-8, then good events on an open stream: refused at the bad byte, not
+    // when the stream ends (it does not).
+    let mut body = b"event: nodeup\nid: 1\ndata: {\"x\":\"\xff\"}\n\n".to_vec();
+    body.extend(nodeup(0, "2"));
+    let (addr, _heads) = stand_in(vec![sse_reply(&body)]).await;
+    let mut w = Running::spawn(&["watch", "--no-reconnect", "--http-addr", &addr.to_string()]);
+    assert_eq!(w.exit().await.code(), Some(1));
+    Running::line(&mut w.err, "not UTF-8").await;
+
+    // A line that never ends: refused at 4 MiB, memory bounded.
+    let mut body = b"data: ".to_vec();
+    body.resize(5 * 1024 * 1024, b'a');
+    let (addr, _heads) = stand_in(vec![sse_reply(&body)]).await;
+    let mut w = Running::spawn(&["watch", "--no-reconnect", "--http-addr", &addr.to_string()]);
+    assert_eq!(w.exit().await.code(), Some(1));
+    Running::line(&mut w.err, "line longer than").await;
+
+    // A 200 that is not an event stream ends watch (no reconnect loop), with the reason.
+    let json = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+    let (addr, _heads) = stand_in(vec![
+        sse_reply(&nodeup(0, "5")),
+        json.to_vec(),
+        json.to_vec(),
+    ])
+    .await;
+    let mut w = Running::spawn(&["watch", "--http-addr", &addr.to_string()]);
+    Running::line(&mut w.out, "nodeup").await;
+    assert_eq!(w.exit().await.code(), Some(1));
+    Running::line(&mut w.err, "not an event stream").await;
+
+    // An id with a control character cannot be a header: the next connection asks for a
+    // fresh start instead of failing forever.
+    let (addr, mut heads) = stand_in(vec![
+        sse_reply(&nodeup(0, "1\u{1}2")),
+        sse_reply(&nodeup(1, "3")),
+    ])
+    .await;
+    let mut w = Running::spawn(&["watch", "--http-addr", &addr.to_string()]);
+    Running::line(&mut w.out, "n0@10.0.0.1").await;
+    Running::line(&mut w.out, "n1@10.0.0.1").await;
+    let _ = heads.recv().await.expect("first request");
+    let head2 = heads.recv().await.expect("second request");
+    assert!(!head2.contains("last-event-id"), "{head2}");
 }
 
 #[tokio::test]

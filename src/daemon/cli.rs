@@ -174,8 +174,9 @@ pub struct MembersArgs {
     #[arg(long, value_name = "REGEX")]
     pub name: Option<String>,
     /// How to print the members: a table for people, or JSON for programs
-    /// (`{"self": NODE, "members": [{"name", "addr", "incarnation", "status", "since",
-    /// "reason"}]}`).
+    /// (`{"self": NODE, "members": [ROW…], "departed": [ROW…]}`, a ROW being
+    /// `{"name", "addr", "incarnation", "status", "since", "reason"}`; `members` the
+    /// peers up, `departed` those down or left).
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     /// The same as --format json.
@@ -288,7 +289,10 @@ pub async fn members(args: &MembersArgs, out: &mut dyn Write) -> Result<(), Comm
         .filter(|r| pattern.as_ref().is_none_or(|p| p.is_match(&r.name)))
         .collect();
     let text = if args.json || args.format == Format::Json {
-        let body = serde_json::json!({"self": m.local, "members": rows});
+        // `members` stays the peers that are up, as in the API; the others apart.
+        let (up, departed): (Vec<&Row>, Vec<&Row>) =
+            rows.iter().partition(|r| r.status == api::Status::Up);
+        let body = serde_json::json!({"self": m.local, "members": up, "departed": departed});
         format!("{body}\n")
     } else {
         members_table(&m.local, &rows)
@@ -386,11 +390,13 @@ const RECONNECT_FIRST: Duration = Duration::from_millis(250);
 /// The longest wait between two reconnection attempts.
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
-/// `rallypoint watch`: prints each event. When the stream ends or fails after it
-/// started, it reconnects (waits from 250 ms doubling to 5 s, said on stderr) with
-/// `Last-Event-ID` of the last event printed, so it resumes where it was (the node
-/// sends a fresh snapshot when it no longer holds what was missed, or restarted). The
-/// first connection's failure, and any with `--no-reconnect`, ends it with the error.
+/// `rallypoint watch`: prints each event. When the stream ends, fails or falls silent
+/// (no keep-alive for 45 s) after it started, it reconnects (waits from 250 ms doubling
+/// to 5 s until events flow again, said on stderr) with `Last-Event-ID` of the last
+/// event printed, so it resumes where it was (the node sends a fresh snapshot when it
+/// no longer holds what was missed, or restarted). The first connection's failure, a
+/// client error (4xx but 408 and 429), an answer that is no event stream, and any
+/// failure with `--no-reconnect`, end it with the error.
 pub async fn watch(args: &WatchArgs, out: &mut dyn Write) -> Result<(), CommandError> {
     let addr = args.api.http_addr;
     let token = args.api.http_token.as_deref();
@@ -418,17 +424,20 @@ pub async fn watch(args: &WatchArgs, out: &mut dyn Write) -> Result<(), CommandE
                     );
                 }
                 connected_once = true;
-                wait = RECONNECT_FIRST;
                 loop {
                     match events.next().await {
                         Ok(Some(ev)) => {
+                            // Events flow again: the next drop starts the waits anew.
+                            wait = RECONNECT_FIRST;
                             if !print_event(args, &ev, out)? {
                                 // The reader went away (a closed pipe).
                                 return Ok(());
                             }
-                            if ev.id.is_some() {
-                                last_id = ev.id;
-                            }
+                            // An id that cannot be sent back (control characters) is
+                            // not kept: the next connection gets a fresh snapshot.
+                            last_id = ev
+                                .id
+                                .filter(|id| hyper::header::HeaderValue::from_str(id).is_ok());
                         }
                         Ok(None) => break CommandError::Ended,
                         Err(e) => break e.into(),
@@ -437,11 +446,15 @@ pub async fn watch(args: &WatchArgs, out: &mut dyn Write) -> Result<(), CommandE
             }
             Err(e) => e,
         };
-        // 401, 421 and the like do not mend by retrying.
-        let lasting = matches!(
-            ended,
-            CommandError::Client(ClientError::Status { status, .. }) if status != 503
-        );
+        // A client error (401, 404, 421…) or an answer that is no event stream does not
+        // mend by retrying; a server error (5xx), a timeout or a drop may.
+        let lasting = match &ended {
+            CommandError::Client(ClientError::Status { status, .. }) => {
+                (400..500).contains(status) && *status != 408 && *status != 429
+            }
+            CommandError::Client(ClientError::NotAStream(_)) => true,
+            _ => false,
+        };
         if !connected_once || args.no_reconnect || lasting {
             return Err(ended);
         }

@@ -7,8 +7,9 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use eventsource_stream::{EventStreamError, Eventsource};
@@ -25,6 +26,12 @@ use tokio::net::TcpStream;
 const MAX_BODY: usize = 16 * 1024 * 1024;
 /// The most bytes of an error answer's body kept for the message.
 const MAX_ERROR_BODY: usize = 4096;
+/// The longest line of an event stream accepted, in bytes (the parser rescans a line
+/// for each chunk, so an endless one must end early).
+const MAX_LINE: usize = 4 * 1024 * 1024;
+/// How long an event stream may bring no bytes at all (the daemon sends a keep-alive
+/// every 15 s) before it counts as dropped.
+pub const STREAM_IDLE: Duration = Duration::from_secs(45);
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +54,14 @@ pub enum ClientError {
     /// The answer is not what the API sends.
     #[error("unexpected answer from the HTTP API: {0}")]
     Protocol(String),
+    /// An event stream was asked for and something else came.
+    #[error("the HTTP API answered 200 with {0:?}, not an event stream (text/event-stream)")]
+    NotAStream(String),
+    /// The event stream brought nothing, not even a keep-alive, for this long.
+    #[error(
+        "the event stream was silent for {0:?} (no keep-alive): the connection is taken as dropped"
+    )]
+    Idle(Duration),
     /// The API answered with an error status.
     #[error("the HTTP API answered {status}: {body}{}", status_hint(*.status))]
     Status {
@@ -132,11 +147,18 @@ pub struct ServerEvent {
     pub data: String,
 }
 
-/// The body as a stream of bytes that fails once more than [`MAX_BODY`] bytes pass
-/// without an event completing (the reader resets `pending` at each event).
+/// The body as a stream of bytes that fails at once on invalid UTF-8, on a line longer
+/// than [`MAX_LINE`], and once more than [`MAX_BODY`] bytes pass without an event
+/// completing (the reader resets `pending` at each event); `total` counts every byte,
+/// keep-alives included.
 struct Bounded {
     inner: BodyDataStream<Incoming>,
     pending: Arc<AtomicUsize>,
+    total: Arc<AtomicU64>,
+    /// Bytes since the last `\n`.
+    line: usize,
+    /// The bytes of a character split across chunks (at most 3).
+    carry: Vec<u8>,
 }
 
 /// The error of a [`Bounded`] stream.
@@ -144,6 +166,8 @@ struct Bounded {
 enum BodyError {
     Http(hyper::Error),
     TooLong,
+    LineTooLong,
+    NotUtf8,
 }
 
 impl std::fmt::Display for BodyError {
@@ -151,7 +175,35 @@ impl std::fmt::Display for BodyError {
         match self {
             BodyError::Http(e) => write!(f, "{e}"),
             BodyError::TooLong => write!(f, "an event longer than {MAX_BODY} bytes"),
+            BodyError::LineTooLong => write!(f, "an event line longer than {MAX_LINE} bytes"),
+            BodyError::NotUtf8 => write!(f, "the event stream is not UTF-8"),
         }
+    }
+}
+
+impl Bounded {
+    /// Checks one chunk; `Err` ends the stream.
+    fn check(&mut self, b: &[u8]) -> Result<(), BodyError> {
+        self.total.fetch_add(b.len() as u64, Ordering::Relaxed);
+        if self.pending.fetch_add(b.len(), Ordering::Relaxed) + b.len() > MAX_BODY {
+            return Err(BodyError::TooLong);
+        }
+        match b.iter().rposition(|&c| c == b'\n') {
+            Some(i) => self.line = b.len() - i - 1,
+            None => self.line += b.len(),
+        }
+        if self.line > MAX_LINE {
+            return Err(BodyError::LineTooLong);
+        }
+        let mut text = std::mem::take(&mut self.carry);
+        text.extend_from_slice(b);
+        match std::str::from_utf8(&text) {
+            Ok(_) => {}
+            // A character cut at the chunk's end: wait for the rest.
+            Err(e) if e.error_len().is_none() => self.carry = text[e.valid_up_to()..].to_vec(),
+            Err(_) => return Err(BodyError::NotUtf8),
+        }
+        Ok(())
     }
 }
 
@@ -160,12 +212,10 @@ impl Stream for Bounded {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match Pin::new(&mut self.inner).poll_next(cx) {
-            Poll::Ready(Some(Ok(b))) => {
-                if self.pending.fetch_add(b.len(), Ordering::Relaxed) + b.len() > MAX_BODY {
-                    return Poll::Ready(Some(Err(BodyError::TooLong)));
-                }
-                Poll::Ready(Some(Ok(b)))
-            }
+            Poll::Ready(Some(Ok(b))) => match self.check(&b) {
+                Ok(()) => Poll::Ready(Some(Ok(b))),
+                Err(e) => Poll::Ready(Some(Err(e))),
+            },
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Http(e)))),
             other => other.map(|o| o.map(|r| r.map_err(BodyError::Http))),
         }
@@ -176,6 +226,7 @@ impl Stream for Bounded {
 pub struct EventStream {
     events: eventsource_stream::EventStream<Bounded>,
     pending: Arc<AtomicUsize>,
+    total: Arc<AtomicU64>,
 }
 
 impl EventStream {
@@ -206,20 +257,45 @@ impl EventStream {
             let (_, body) = read_error_body(response).await;
             return Err(status_error(status, &body));
         }
+        let kind = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !kind.trim_start().starts_with("text/event-stream") {
+            return Err(ClientError::NotAStream(kind.chars().take(100).collect()));
+        }
         let pending = Arc::new(AtomicUsize::new(0));
+        let total = Arc::new(AtomicU64::new(0));
         let bounded = Bounded {
             inner: BodyDataStream::new(response.into_body()),
             pending: pending.clone(),
+            total: total.clone(),
+            line: 0,
+            carry: Vec::new(),
         };
         Ok(EventStream {
             events: bounded.eventsource(),
             pending,
+            total,
         })
     }
 
-    /// The next event; `None` when the server ended the stream.
+    /// The next event; `None` when the server ended the stream. A stream that brings
+    /// no bytes (not even a keep-alive) for [`STREAM_IDLE`] fails with
+    /// [`ClientError::Idle`].
     pub async fn next(&mut self) -> Result<Option<ServerEvent>, ClientError> {
-        match self.events.next().await {
+        let next = loop {
+            let before = self.total.load(Ordering::Relaxed);
+            match tokio::time::timeout(STREAM_IDLE, self.events.next()).await {
+                Ok(next) => break next,
+                Err(_) if self.total.load(Ordering::Relaxed) == before => {
+                    return Err(ClientError::Idle(STREAM_IDLE));
+                }
+                Err(_) => {}
+            }
+        };
+        match next {
             None => Ok(None),
             Some(Ok(ev)) => {
                 self.pending.store(0, Ordering::Relaxed);
@@ -230,9 +306,7 @@ impl EventStream {
                 }))
             }
             Some(Err(EventStreamError::Transport(BodyError::Http(e)))) => Err(ClientError::Http(e)),
-            Some(Err(EventStreamError::Transport(e @ BodyError::TooLong))) => {
-                Err(ClientError::Protocol(e.to_string()))
-            }
+            Some(Err(EventStreamError::Transport(e))) => Err(ClientError::Protocol(e.to_string())),
             Some(Err(EventStreamError::Utf8(_))) => {
                 Err(ClientError::Protocol("event stream is not UTF-8".into()))
             }

@@ -206,13 +206,18 @@ for a wildcard bind, else the bind address itself. */}}
 {{- end -}}
 
 {{/* An exec probe: `rallypoint probe CHECK` against this pod's API. Arguments: the
-root context, the check (`live` or `ready`), the probe's settings. */}}
+root context, the check (`live` or `ready`), the probe's settings (its timing; any
+handler in them is dropped). */}}
 {{- define "rallypoint.execProbe" -}}
 {{- $ctx := index . 0 -}}
 {{- $settings := index . 2 -}}
-{{- $timeout := int (default 1 $settings.timeoutSeconds) -}}
-{{- $command := list "rallypoint" "probe" (index . 1) "--http-addr" (include "rallypoint.localHttpAddr" $ctx) "--timeout" (printf "%ds" $timeout) -}}
-{{- toYaml (merge (dict "exec" (dict "command" $command)) $settings) -}}
+{{- /* The probe gives up 300 ms before the kubelet does, so that its reason (not
+the kubelet's "timed out") is what `kubectl describe pod` shows. */ -}}
+{{- $timeout := sub (mul (int (default 1 $settings.timeoutSeconds)) 1000) 300 -}}
+{{- $command := list "rallypoint" "probe" (index . 1) "--http-addr" (include "rallypoint.localHttpAddr" $ctx) "--timeout" (printf "%dms" $timeout) -}}
+{{- /* A handler from the values (an httpGet from an older values file) would make a
+probe with two handlers, which the API server refuses: the exec is the one. */ -}}
+{{- toYaml (merge (dict "exec" (dict "command" $command)) (omit $settings "httpGet" "tcpSocket" "grpc" "exec")) -}}
 {{- end -}}
 
 {{/* "true" when an API token is in use. */}}
