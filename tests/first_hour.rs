@@ -373,16 +373,8 @@ async fn members_lists_who_left_with_status_reason_and_time_filtered_by_status_a
     assert!(b.wait_exit(SOON).await.success());
     let (_, reason) = wa.wait_down(b.name(), SOON).await;
     assert_eq!(reason, "left");
-    // The departed list has its own subscription: wait (with a deadline) until it too
-    // has seen b go.
-    let deadline = tokio::time::Instant::now() + SOON;
-    let out = loop {
-        let out = stdout(&members(&[]).await);
-        if out.contains("1 down or left") || tokio::time::Instant::now() > deadline {
-            break out;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    // The API's departed list agrees with its snapshot, which has seen b go.
+    let out = stdout(&members(&[]).await);
     let b_line = out
         .lines()
         .find(|l| l.starts_with("b@127.0.0.1"))
@@ -566,24 +558,26 @@ async fn watch_resumes_with_the_last_event_id_it_printed() {
     Running::line(&mut watch.err, "resuming after #41").await;
 }
 
+/// `watch --no-reconnect` on a stream of this body exits 1 saying `why`.
+async fn refused_stream(body: &[u8], why: &str) {
+    let (addr, _heads) = stand_in(vec![sse_reply(body)]).await;
+    let mut w = Running::spawn(&["watch", "--no-reconnect", "--http-addr", &addr.to_string()]);
+    assert_eq!(w.exit().await.code(), Some(1));
+    Running::line(&mut w.err, why).await;
+}
+
 #[tokio::test]
 async fn watch_gives_up_on_bad_streams_at_once_and_never_sends_back_an_unsendable_id() {
     // Invalid UTF-8, then good events on an open stream: refused at the bad byte, not
     // when the stream ends (it does not).
     let mut body = b"event: nodeup\nid: 1\ndata: {\"x\":\"\xff\"}\n\n".to_vec();
     body.extend(nodeup(0, "2"));
-    let (addr, _heads) = stand_in(vec![sse_reply(&body)]).await;
-    let mut w = Running::spawn(&["watch", "--no-reconnect", "--http-addr", &addr.to_string()]);
-    assert_eq!(w.exit().await.code(), Some(1));
-    Running::line(&mut w.err, "not UTF-8").await;
+    refused_stream(&body, "not UTF-8").await;
 
     // A line that never ends: refused at 4 MiB, memory bounded.
     let mut body = b"data: ".to_vec();
     body.resize(5 * 1024 * 1024, b'a');
-    let (addr, _heads) = stand_in(vec![sse_reply(&body)]).await;
-    let mut w = Running::spawn(&["watch", "--no-reconnect", "--http-addr", &addr.to_string()]);
-    assert_eq!(w.exit().await.code(), Some(1));
-    Running::line(&mut w.err, "line longer than").await;
+    refused_stream(&body, "line longer than").await;
 
     // A 200 that is not an event stream ends watch (no reconnect loop), with the reason.
     let json = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
@@ -640,15 +634,27 @@ async fn probe_live_and_ready_exit_zero_or_one_with_the_reason() {
     );
     // With its peer up, ready.
     let _b = Daemon::start(b).await;
-    let deadline = tokio::time::Instant::now() + SOON;
-    let o = loop {
-        // Until a sees b (the probe is the condition waited for, with a deadline).
-        let o = probe("ready").await;
-        if o.status.success() || tokio::time::Instant::now() > deadline {
-            break o;
+    // Wait for a's nodeup of b (its stream wants the token; /readyz reads the same
+    // snapshot, updated before the event is sent).
+    let mut events = rallypoint::daemon::client::EventStream::connect_with_token(
+        a.spec.http_addr,
+        "/v1/events",
+        None,
+        Some("t0ken-for-the-api"),
+    )
+    .await
+    .expect("event stream");
+    tokio::time::timeout(SOON, async {
+        loop {
+            let ev = events.next().await.expect("event").expect("stream open");
+            if ev.data.contains("\"b@127.0.0.1\"") {
+                return;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await
+    .expect("a sees b up");
+    let o = probe("ready").await;
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o).trim(), "ready: 1 peer up (min_members 1)");
     // Against nothing: exit 1, saying so.

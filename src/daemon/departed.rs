@@ -2,7 +2,8 @@
 //! (as Serf and Consul list failed and left members beside the alive ones).
 //!
 //! Fed by its own subscription: a `nodedown` records the node with its reason and the
-//! time; the same name coming up again removes it. At most [`CAPACITY`] names are
+//! time; the same name coming up again removes it. `GET /v1/members` waits (briefly)
+//! for the list to catch up with its snapshot, so the two agree. At most [`CAPACITY`] names are
 //! held, each for [`RETENTION`]; the oldest go first. A resync (this subscriber fell
 //! behind) records the members that vanished in between with no reason.
 
@@ -10,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::api;
@@ -30,18 +32,25 @@ struct Entry {
     at: SystemTime,
 }
 
+/// How long [`Departed::caught_up`] waits for the list to reach a snapshot.
+const CATCH_UP: Duration = Duration::from_secs(1);
+
 /// The peers recently down or left, by name.
-#[derive(Default)]
 pub struct Departed {
     entries: Mutex<BTreeMap<NodeName, Entry>>,
+    /// The sequence number of the last update applied.
+    applied: watch::Sender<u64>,
 }
 
 impl Departed {
     /// Starts recording the cluster's departures until `stop` is cancelled or the
     /// cluster shuts down.
     pub fn start(cluster: &Cluster, stop: CancellationToken) -> Arc<Departed> {
-        let departed = Arc::new(Departed::default());
         let mut sub = cluster.subscribe();
+        let departed = Arc::new(Departed {
+            entries: Mutex::default(),
+            applied: watch::Sender::new(sub.seq()),
+        });
         let members_of = |s: &crate::events::Snapshot| -> BTreeMap<NodeName, Node> {
             s.members
                 .iter()
@@ -51,14 +60,7 @@ impl Departed {
         let mut known = members_of(sub.snapshot());
         let d = departed.clone();
         tokio::spawn(async move {
-            loop {
-                let update = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    u = sub.recv() => match u {
-                        Some(u) => u,
-                        None => return,
-                    },
-                };
+            while let Some(update) = super::recv_until(&mut sub, &stop).await {
                 match update {
                     Update::Event(Event::NodeUp(node)) => {
                         d.lock().remove(&node.name);
@@ -82,6 +84,7 @@ impl Departed {
                         known = members_of(&snapshot);
                     }
                 }
+                d.applied.send_replace(sub.seq());
             }
         });
         departed
@@ -105,6 +108,14 @@ impl Departed {
                 None => break,
             };
         }
+    }
+
+    /// Waits (at most a second) until the list has applied every event up to `seq`, so
+    /// that it agrees with a snapshot of that sequence number: a peer whose `nodedown`
+    /// the snapshot already reflects is listed.
+    pub async fn caught_up(&self, seq: u64) {
+        let mut applied = self.applied.subscribe();
+        let _ = tokio::time::timeout(CATCH_UP, applied.wait_for(|a| *a >= seq)).await;
     }
 
     /// The departed peers within [`RETENTION`] of `now` and not up again (`up`: the

@@ -152,6 +152,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 async fn members(State(s): State<AppState>) -> Json<api::Members> {
     let snapshot = s.cluster.snapshot();
+    s.departed.caught_up(snapshot.seq).await;
     let mut body = api::Members::of(&snapshot);
     body.departed = s.departed.list(
         std::time::SystemTime::now(),

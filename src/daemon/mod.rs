@@ -25,6 +25,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Cluster;
 use crate::config::{Config, ConfigError};
+use crate::events::{Subscription, Update};
+
+/// The next update of a daemon-side follower ([`sse::History`], [`departed::Departed`]);
+/// `None` once `stop` is cancelled or the cluster has shut down.
+pub(crate) async fn recv_until(sub: &mut Subscription, stop: &CancellationToken) -> Option<Update> {
+    tokio::select! {
+        _ = stop.cancelled() => None,
+        u = sub.recv() => u,
+    }
+}
 
 pub mod api;
 pub mod cli;

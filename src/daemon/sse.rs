@@ -107,14 +107,7 @@ impl History {
         });
         let h = history.clone();
         tokio::spawn(async move {
-            loop {
-                let update = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    u = sub.recv() => match u {
-                        Some(u) => u,
-                        None => return,
-                    },
-                };
+            while let Some(update) = super::recv_until(&mut sub, &stop).await {
                 match update {
                     Update::Event(ev) => match render(&ev, &members) {
                         Ok(r) => h.record(r),

@@ -135,6 +135,13 @@ impl Subscription {
         &self.snapshot
     }
 
+    /// The sequence number of the last update yielded (of the snapshot before the
+    /// first): the position in the cluster's event sequence this subscriber has reached,
+    /// comparable with [`Snapshot::seq`].
+    pub fn seq(&self) -> u64 {
+        self.last_seq
+    }
+
     /// The next update; `None` once the cluster has shut down and every event was read.
     pub async fn recv(&mut self) -> Option<Update> {
         loop {
