@@ -394,6 +394,12 @@ impl Cluster {
             .collect()
     }
 
+    /// Each topology's name and a `watch` of what its strategy reports: changes whenever
+    /// the strategy reports a set, fails, or bumps a counter.
+    pub fn topology_watches(&self) -> Vec<(String, watch::Receiver<TopologyStatus>)> {
+        self.topologies.clone()
+    }
+
     /// The membership's counters.
     pub fn stats(&self) -> Stats {
         self.stats.borrow().clone()

@@ -223,6 +223,27 @@ async fn the_status_page_shows_the_members_and_a_nodedown_live() {
             "the topology is listed",
         )
         .await;
+    // Topology health comes on a stream, not by polling: the static strategy reports
+    // every second (its resolve_interval), and each report's time shows on the page
+    // while it never fetches /v1/topologies.
+    let last_success =
+        "document.querySelector('#topologies tr[data-topology=\"peers\"]').dataset.lastSuccess";
+    let first = driver.eval(&format!("return {last_success}")).await;
+    assert!(first.as_str().is_some_and(|s| !s.is_empty()), "{first}");
+    driver
+        .wait_for(
+            &format!("return {last_success} !== {first}"),
+            json!(true),
+            "a later report of the strategy shows live",
+        )
+        .await;
+    let polled = driver
+        .eval(
+            "return performance.getEntriesByType('resource')\
+             .filter(e => new URL(e.name).pathname === '/v1/topologies').length",
+        )
+        .await;
+    assert_eq!(polled, json!(0), "the page polled /v1/topologies");
 
     // Mark the document: a reload would lose the mark.
     driver

@@ -8,6 +8,7 @@
 //! | `GET /v1/members` | `{"self": NODE, "members": [NODE…], "departed": [DEPARTED…]}` ([`api::Members`]) |
 //! | `GET /v1/events` | Server-Sent Events (see [`super::sse`]) |
 //! | `GET /v1/topologies` | each topology's strategy, candidates and health ([`api::Topologies`]) |
+//! | `GET /v1/topologies/stream` | the same body as Server-Sent Events, at once and on each change (see [`super::topology_stream`]) |
 //! | `GET /metrics` | the counters in the Prometheus text format (see [`super::metrics`]) |
 //! | `GET /healthz` | `200 ok` while the daemon runs |
 //! | `GET /readyz` | `200` once at least `min_members` peers are up, else `503` ([`api::Ready`]) |
@@ -35,7 +36,7 @@ use super::departed::Departed;
 use super::host::AllowedHosts;
 use super::metrics::HttpStats;
 use super::serve::ConnInfo;
-use super::{api, metrics, sse};
+use super::{api, metrics, sse, topology_stream};
 use crate::Cluster;
 
 /// What the handlers share.
@@ -70,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/members", get(members))
         .route("/v1/events", get(events))
         .route("/v1/topologies", get(topologies))
+        .route("/v1/topologies/stream", get(topologies_stream))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let by_host = Router::new()
@@ -242,14 +244,14 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn topologies(State(s): State<AppState>) -> Json<api::Topologies> {
-    let mut topologies: Vec<api::Topology> = s
-        .cluster
-        .topologies()
-        .iter()
-        .map(|(name, status)| api::Topology::of(name, status))
-        .collect();
-    topologies.sort_by(|a, b| a.name.cmp(&b.name));
-    Json(api::Topologies { topologies })
+    let statuses = s.cluster.topologies();
+    Json(topology_stream::body(
+        statuses.iter().map(|(n, st)| (n.as_str(), st)),
+    ))
+}
+
+async fn topologies_stream(State(s): State<AppState>) -> impl IntoResponse {
+    topology_stream::stream(&s.cluster, s.stop.child_token())
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

@@ -1,18 +1,17 @@
-// The status page's script: reads /v1/members, /v1/topologies and follows /v1/events.
+// The status page's script: follows /v1/events (members) and /v1/topologies/stream
+// (topology health), both Server-Sent Events; it polls nothing.
 //
-// The event stream is read with fetch rather than EventSource so that a bearer token
+// The streams are read with fetch rather than EventSource so that a bearer token
 // (http_token) can be sent; the SSE framing is parsed here, and a broken stream is
-// resumed with Last-Event-ID, as EventSource would.
+// reopened (the event stream resumed with Last-Event-ID), as EventSource would.
 "use strict";
 
 const MAX_EVENTS = 50;
 const RETRY_MS = 1000;
-const TOPOLOGY_REFRESH_MS = 5000;
 
 // name -> {node, state: "up" | "down", since: Date, reason}
 const nodes = new Map();
 const events = [];
-let lastId = null;
 let token = sessionStorage.getItem("rallypoint-token");
 
 function headers() {
@@ -123,7 +122,8 @@ function onNodeDown(body) {
   renderMembers();
 }
 
-function dispatch(block) {
+// One SSE block: its event name, its id (or null) and its JSON data (or null).
+function parseBlock(block) {
   let kind = "message";
   let id = null;
   const data = [];
@@ -137,18 +137,21 @@ function dispatch(block) {
     else if (field === "data") data.push(value);
     else if (field === "id") id = value;
   }
-  if (id !== null) lastId = id;
-  if (data.length === 0) return;
-  let body;
-  try {
-    body = JSON.parse(data.join("\n"));
-  } catch (_) {
-    return;
+  let body = null;
+  if (data.length > 0) {
+    try {
+      body = JSON.parse(data.join("\n"));
+    } catch (_) {
+      body = null;
+    }
   }
+  return { kind, id, body };
+}
+
+function onMembershipEvent(kind, body) {
   if (kind === "snapshot") onSnapshot(body);
   else if (kind === "nodeup") onNodeUp(body);
   else if (kind === "nodedown") onNodeDown(body);
-  refreshTopologies();
 }
 
 function setConn(live, text) {
@@ -162,18 +165,22 @@ function askToken() {
   document.getElementById("auth").style.display = "block";
 }
 
-async function follow() {
+// Follows the SSE stream at `path` for ever: each event with data goes to
+// onEvent(kind, body); onState(live) hears when the stream opens and when it breaks.
+// The last id seen is sent back as Last-Event-ID when it reopens.
+async function follow(path, onEvent, onState) {
+  let lastId = null;
   for (;;) {
     try {
       const h = headers();
       if (lastId !== null) h["Last-Event-ID"] = lastId;
-      const resp = await fetch("v1/events", { headers: h, cache: "no-store" });
+      const resp = await fetch(path, { headers: h, cache: "no-store" });
       if (resp.status === 401) {
         askToken();
         return;
       }
       if (!resp.ok || !resp.body) throw new Error("HTTP " + resp.status);
-      setConn(true, "live");
+      onState(true);
       const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
       let buf = "";
       for (;;) {
@@ -182,34 +189,28 @@ async function follow() {
         buf += value.replace(/\r\n?/g, "\n");
         let end;
         while ((end = buf.indexOf("\n\n")) >= 0) {
-          dispatch(buf.slice(0, end));
+          const e = parseBlock(buf.slice(0, end));
           buf = buf.slice(end + 2);
+          if (e.id !== null) lastId = e.id;
+          if (e.body !== null) onEvent(e.kind, e.body);
         }
       }
     } catch (_) {
       // fall through to the retry
     }
-    setConn(false, "reconnecting");
+    onState(false);
     await new Promise((r) => setTimeout(r, RETRY_MS));
   }
 }
 
-async function refreshTopologies() {
-  let body;
-  try {
-    const resp = await fetch("v1/topologies", { headers: headers(), cache: "no-store" });
-    if (resp.status === 401) return askToken();
-    if (!resp.ok) return;
-    body = await resp.json();
-  } catch (_) {
-    return;
-  }
+function renderTopologies(kind, body) {
+  if (kind !== "topologies") return;
   const tbody = document.querySelector("#topologies tbody");
   tbody.replaceChildren();
   if (body.topologies.length === 0) emptyRow(tbody, 6, "no topologies");
   for (const t of body.topologies) {
     const peers = t.peers.map((p) => (p.name ? p.name + " " : "") + p.addr).join(", ");
-    row(tbody, [
+    const tr = row(tbody, [
       cell(t.name, "mono"),
       cell(t.strategy),
       cell(t.reported ? peers || "none" : "not reported yet", "mono"),
@@ -217,6 +218,8 @@ async function refreshTopologies() {
       cell(t.last_error || "", t.last_error ? "down" : ""),
       cell(String(t.errors_total)),
     ]);
+    tr.dataset.topology = t.name;
+    tr.dataset.lastSuccess = t.last_success || "";
   }
 }
 
@@ -229,12 +232,12 @@ document.getElementById("auth").addEventListener("submit", (ev) => {
 });
 
 function start() {
-  follow();
-  refreshTopologies();
+  follow("v1/events", onMembershipEvent, (live) =>
+    setConn(live, live ? "live" : "reconnecting"));
+  follow("v1/topologies/stream", renderTopologies, () => {});
 }
 
 renderMembers();
 renderEvents();
 setInterval(renderMembers, 1000);
-setInterval(refreshTopologies, TOPOLOGY_REFRESH_MS);
 start();
