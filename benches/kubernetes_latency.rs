@@ -5,7 +5,9 @@
 //! - from an EndpointSlice change at the API (an endpoint added or removed) to the
 //!   strategy's updated candidate set;
 //! - from that change to `NodeUp` on a running node, when the new endpoint is another
-//!   running node (127.0.0.1 learns of 127.0.0.2).
+//!   running node (127.0.0.1 learns of 127.0.0.2);
+//! - from a pruned pod listed ready again (after it was terminating, refused while it
+//!   went on dialling) to `NodeUp` on both sides.
 //!
 //! libcluster's Kubernetes strategy polls every 5 s (`polling_interval`), so its
 //! latency is up to 5 s, 2.5 s on average. Prints one line per figure: median, p99 and
@@ -189,6 +191,86 @@ async fn nodeup(runs: usize) -> Vec<Duration> {
     took
 }
 
+/// Waits for the next event on `events` that `pick` selects.
+async fn next_event(events: &mut rallypoint::Subscription, pick: impl Fn(&Event) -> bool) {
+    loop {
+        match events.recv().await.expect("events") {
+            Update::Event(e) if pick(&e) => return,
+            _ => continue,
+        }
+    }
+}
+
+/// A pruned pod listed ready again → `NodeUp` on both sides, `runs` times. Nodes a and b
+/// are both in Service app. Each run: b's endpoint turns terminating, a prunes b, b keeps
+/// dialling a and is refused (`pruned`) twice, so its backoff has grown; then b is ready
+/// again, and the time to `NodeUp` on a (of b) and on b (of a), the later of the two, is
+/// the figure.
+async fn rejoin(runs: usize) -> Vec<Duration> {
+    let api = KubeApi::start(TOKEN).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = api.kubeconfig(dir.path(), TOKEN, NS);
+    let probe = std::net::TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    let port = probe.local_addr().expect("addr").port();
+    drop(probe);
+    let ep = |ip: &str, ready: bool| {
+        json!({"addresses": [ip], "conditions":
+            {"ready": ready, "serving": true, "terminating": !ready}})
+    };
+    api.apply(endpoint_slice(
+        NS,
+        "app-1",
+        "app",
+        Some(port),
+        &[Ep::ready("127.0.0.1", "a"), Ep::ready("127.0.0.2", "b")],
+    ));
+    let selector = "kubernetes.io/service-name=app";
+    let a = node("127.0.0.1", port, kubeconfig.clone(), selector).await;
+    let b = node("127.0.0.2", port, kubeconfig, selector).await;
+    let (an, bn) = (a.local().name.clone(), b.local().name.clone());
+    let mut a_events = a.subscribe();
+    let mut b_events = b.subscribe();
+    let up = |name: &rallypoint::node::NodeName| {
+        let name = name.clone();
+        move |e: &Event| matches!(e, Event::NodeUp(n) if n.name == name)
+    };
+    let down = |name: &rallypoint::node::NodeName| {
+        let name = name.clone();
+        move |e: &Event| matches!(e, Event::NodeDown { node, .. } if node.name == name)
+    };
+    next_event(&mut a_events, up(&bn)).await;
+    next_event(&mut b_events, up(&an)).await;
+    let mut stats = a.stats_watch();
+    let mut took = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        api.modify(Kind::EndpointSlice, NS, "app-1", |o| {
+            o["endpoints"] = json!([ep("127.0.0.1", true), ep("127.0.0.2", false)]);
+        });
+        next_event(&mut a_events, down(&bn)).await;
+        next_event(&mut b_events, down(&an)).await;
+        let refused = |s: &rallypoint::membership::Stats| {
+            s.handshake_failures.get("pruned").copied().unwrap_or(0)
+        };
+        let before = refused(&stats.borrow_and_update());
+        while refused(&stats.borrow_and_update()) < before + 2 {
+            stats.changed().await.expect("stats");
+        }
+        let t0 = Instant::now();
+        api.modify(Kind::EndpointSlice, NS, "app-1", |o| {
+            o["endpoints"] = json!([ep("127.0.0.1", true), ep("127.0.0.2", true)]);
+        });
+        next_event(&mut a_events, up(&bn)).await;
+        next_event(&mut b_events, up(&an)).await;
+        took.push(t0.elapsed());
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    if std::env::var_os("BENCH_VERBOSE").is_some() {
+        eprintln!("rejoin samples: {took:?}");
+    }
+    took
+}
+
 #[tokio::main]
 async fn main() {
     summary(
@@ -196,5 +278,9 @@ async fn main() {
         candidate_set(1000).await,
     );
     summary("EndpointSlice change -> NodeUp", nodeup(50).await);
+    summary(
+        "pruned pod listed ready again -> NodeUp on both sides",
+        rejoin(20).await,
+    );
     println!("(libcluster's Kubernetes strategy: polls every 5 s, so up to 5000 ms)");
 }
