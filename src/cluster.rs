@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 
 use crate::cookie::{Cookie, CookieError, CookieSource, Cookies};
 use crate::events::{Bus, Snapshot, Subscription};
+use crate::membership::driver::Command;
 use crate::membership::{self, Stats};
 use crate::node::{NameError, Node, NodeName};
 use crate::pubsub::{Message, Registry, TopicSubscription};
@@ -255,7 +256,7 @@ impl Builder {
                 name: spec.name,
                 authoritative: spec.authoritative,
                 prune_after: spec.prune_after,
-                status: handle.status,
+                candidates: handle.candidates,
             });
         }
         let max_message = (self.membership.max_frame as usize).saturating_sub(MESSAGE_OVERHEAD);
@@ -296,26 +297,6 @@ fn default_advertise_ip(bound: IpAddr, name: &NodeName) -> Option<IpAddr> {
         return Some(ip);
     }
     crate::netutil::first_non_loopback_ip()
-}
-
-/// Commands to the membership task.
-#[derive(Debug)]
-pub(crate) enum Command {
-    /// Announce leave to every peer, close the connections, and stop.
-    Shutdown(tokio::sync::oneshot::Sender<()>),
-    /// Send a pub/sub message to every member; answers how many.
-    Publish {
-        topic: String,
-        payload: Bytes,
-        done: tokio::sync::oneshot::Sender<usize>,
-    },
-    /// Send a pub/sub message to one member; answers whether it is up.
-    SendTo {
-        to: NodeName,
-        topic: String,
-        payload: Bytes,
-        done: tokio::sync::oneshot::Sender<bool>,
-    },
 }
 
 /// Why a pub/sub message could not be sent.

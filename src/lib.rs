@@ -80,6 +80,7 @@
 
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
+pub mod backoff;
 pub mod cluster;
 #[cfg(feature = "daemon")]
 pub mod config;
@@ -90,6 +91,7 @@ pub mod events;
 pub mod membership;
 pub mod netutil;
 pub mod node;
+pub mod peer;
 pub mod pubsub;
 pub mod strategies;
 pub mod warn_limit;

@@ -7,7 +7,7 @@ use config::Value;
 use serde::Serialize;
 
 use super::{ConfigError, Duration_, deserialize, quoted, show};
-use crate::daemon::host::Host;
+use crate::netutil::Host;
 
 /// The default of `http_max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;

@@ -55,12 +55,12 @@ use super::wire::{
 use super::{Config, Stats};
 use crate::events::{DownReason, Event};
 use crate::node::{Node, NodeName};
-use crate::strategies::PeerSet;
+use crate::peer::PeerSet;
 
 mod detect;
 mod handshake;
 mod peers;
-use crate::strategies::backoff::Backoff;
+use crate::backoff::Backoff;
 
 /// How many inbound connections may be in their handshake at once; more are closed at
 /// once (counted as handshake failure `overload`) until some finish or time out.

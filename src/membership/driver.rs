@@ -36,12 +36,11 @@ use super::core::{Action, ConnId, Core, TopologyInfo};
 use super::seal::{self, AuthError, Session};
 use super::wire::{self, DecodeError, Frame};
 use super::{Config, Stats};
-use crate::cluster::Command;
 use crate::cookie::Cookies;
 use crate::events::Bus;
-use crate::node::Node;
+use crate::node::{Node, NodeName};
+use crate::peer::PeerSet;
 use crate::pubsub::{Message, Registry};
-use crate::strategies::TopologyStatus;
 use crate::warn_limit::{self, WarnLimit};
 
 /// How many frames may wait for one peer's socket before the peer counts as too slow
@@ -71,7 +70,8 @@ pub(crate) struct Topology {
     pub name: String,
     pub authoritative: bool,
     pub prune_after: Duration,
-    pub status: watch::Receiver<TopologyStatus>,
+    /// The strategy's candidate set (`None` until it first reports).
+    pub candidates: watch::Receiver<Option<Arc<PeerSet>>>,
 }
 
 /// Everything the driver runs with.
@@ -85,6 +85,26 @@ pub(crate) struct Params {
     pub commands: mpsc::Receiver<Command>,
     pub stats: watch::Sender<Stats>,
     pub pubsub: Arc<Registry>,
+}
+
+/// Commands to the membership task, sent by [`Cluster`](crate::Cluster)'s methods.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Announce leave to every peer, close the connections, and stop.
+    Shutdown(tokio::sync::oneshot::Sender<()>),
+    /// Send a pub/sub message to every member; answers how many.
+    Publish {
+        topic: String,
+        payload: Bytes,
+        done: tokio::sync::oneshot::Sender<usize>,
+    },
+    /// Send a pub/sub message to one member; answers whether it is up.
+    SendTo {
+        to: NodeName,
+        topic: String,
+        payload: Bytes,
+        done: tokio::sync::oneshot::Sender<bool>,
+    },
 }
 
 /// What connection tasks tell the owner.
@@ -229,7 +249,8 @@ pub(crate) async fn run(p: Params) {
     let mut topo_streams =
         futures::stream::select_all(topologies.into_iter().enumerate().map(|(i, t)| {
             let name = t.name;
-            tokio_stream::wrappers::WatchStream::new(t.status).map(move |st| (i, name.clone(), st))
+            tokio_stream::wrappers::WatchStream::new(t.candidates)
+                .map(move |peers| (i, name.clone(), peers))
         }));
     loop {
         d.perform();
@@ -270,10 +291,10 @@ pub(crate) async fn run(p: Params) {
                     }
                 }
             }
-            Some((i, name, st)) = topo_streams.next() => {
-                if st.reported {
-                    tracing::debug!(topology = %name, peers = st.peers.len(), "candidates");
-                    d.core.handle_candidates(Instant::now().into_std(), i, st.peers.clone());
+            Some((i, name, peers)) = topo_streams.next() => {
+                if let Some(peers) = peers {
+                    tracing::debug!(topology = %name, peers = peers.len(), "candidates");
+                    d.core.handle_candidates(Instant::now().into_std(), i, peers);
                 }
             }
             _ = sleep_until(deadline) => {

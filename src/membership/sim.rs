@@ -27,7 +27,7 @@ use super::wire::Frame;
 use crate::cookie::Cookie;
 use crate::events::Event;
 use crate::node::{Node, NodeName};
-use crate::strategies::{Peer, PeerSet};
+use crate::peer::{Peer, PeerSet};
 
 /// Parameters of the virtual network.
 #[derive(Clone, Debug)]

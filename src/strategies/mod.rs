@@ -43,10 +43,9 @@
 //! }
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -54,51 +53,17 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::cookie::{Cookie, Cookies};
-use crate::node::{Node, NodeName};
+use crate::node::Node;
 
-pub mod backoff;
+/// Retry timing (moved below the strategies and the membership, which both use it).
+pub use crate::backoff;
+pub use crate::peer::{Peer, PeerSet};
 #[cfg(feature = "dns")]
 pub mod dns;
 pub mod gossip;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 pub mod static_hosts;
-
-/// A candidate peer: the address to dial, and the node's name where the strategy knows it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Peer {
-    /// The peer's cluster address (TCP).
-    pub addr: SocketAddr,
-    /// The peer's node name, when the strategy knows it (gossip, Kubernetes, DNS do).
-    pub name: Option<NodeName>,
-}
-
-impl Peer {
-    /// A peer known only by its address.
-    pub fn new(addr: SocketAddr) -> Self {
-        Peer { addr, name: None }
-    }
-
-    /// A peer known by name and address.
-    pub fn named(name: NodeName, addr: SocketAddr) -> Self {
-        Peer {
-            addr,
-            name: Some(name),
-        }
-    }
-}
-
-impl fmt::Display for Peer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.name {
-            Some(n) => write!(f, "{n} ({})", self.addr),
-            None => write!(f, "{}", self.addr),
-        }
-    }
-}
-
-/// The full set of candidate peers a strategy currently sees.
-pub type PeerSet = BTreeSet<Peer>;
 
 /// A discovery strategy. It runs as its own task, for as long as the cluster runs, and
 /// reports through its [`Context`].
@@ -153,14 +118,19 @@ pub struct Context {
     local: Node,
     cookies: Cookies,
     status: watch::Sender<TopologyStatus>,
+    candidates: watch::Sender<Option<Arc<PeerSet>>>,
     shutdown: CancellationToken,
 }
 
 /// The other end of a [`Context`]: observes what the strategy reports and stops it.
 /// The cluster holds one per topology; tests of a strategy use it directly.
 pub struct TopologyHandle {
-    /// The strategy's reports.
+    /// The strategy's reports: the set and its health and counters (for the API and
+    /// metrics); changes with every counter bump.
     pub status: watch::Receiver<TopologyStatus>,
+    /// The candidate set alone: `None` until the strategy first reports, then changes
+    /// only when the set does (what the membership follows).
+    pub candidates: watch::Receiver<Option<Arc<PeerSet>>>,
     /// Cancel to stop the strategy.
     pub shutdown: CancellationToken,
 }
@@ -189,6 +159,7 @@ impl Context {
             strategy,
             ..TopologyStatus::default()
         });
+        let (candidates_tx, candidates_rx) = watch::channel(None);
         let shutdown = CancellationToken::new();
         (
             Context {
@@ -196,10 +167,12 @@ impl Context {
                 local,
                 cookies,
                 status: tx,
+                candidates: candidates_tx,
                 shutdown: shutdown.clone(),
             },
             TopologyHandle {
                 status: rx,
+                candidates: candidates_rx,
                 shutdown,
             },
         )
@@ -264,6 +237,7 @@ impl Context {
                 }
                 st.peers = Arc::new(peers);
                 st.reported = true;
+                self.candidates.send_replace(Some(st.peers.clone()));
             }
         });
     }

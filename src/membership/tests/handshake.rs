@@ -272,11 +272,7 @@ fn own_hello_back_from(target: &str, listen: Option<&str>) -> (Core, Vec<Action>
         c.set_listen_addr(l.parse().unwrap());
     }
     let target: std::net::SocketAddr = target.parse().unwrap();
-    c.handle_candidates(
-        now,
-        0,
-        Arc::new([crate::strategies::Peer::new(target)].into()),
-    );
+    c.handle_candidates(now, 0, Arc::new([crate::peer::Peer::new(target)].into()));
     let acts = drain(&mut c);
     let Some(Action::Connect { conn, .. }) = acts.first().cloned() else {
         panic!("{acts:?}")
