@@ -56,7 +56,11 @@ fn describe(what: &str, out: &Output) -> String {
 async fn fuzz(spec: &Path, base: String, extra: Vec<String>) -> Output {
     let spec = spec.to_owned();
     tokio::task::spawn_blocking(move || {
+        // Schemathesis keeps a cache (`.schemathesis/`) in its working directory: not
+        // in the source tree.
+        let workdir = tempfile::tempdir().expect("tempdir");
         Command::new("schemathesis")
+            .current_dir(workdir.path())
             .arg("run")
             .arg(&spec)
             .args(["--url", &base])
