@@ -183,7 +183,7 @@ the name the other pods derive from the API or from DNS.
 
 {{/* An address "host:port", IPv6 hosts in brackets. Takes (list host port). */}}
 {{- define "rallypoint.addr" -}}
-{{- $host := index . 0 | toString -}}
+{{- $host := index . 0 | toString | trimPrefix "[" | trimSuffix "]" -}}
 {{- $port := index . 1 | int -}}
 {{- if contains ":" $host -}}
 {{- printf "[%s]:%d" $host $port -}}
@@ -193,12 +193,13 @@ the name the other pods derive from the API or from DNS.
 {{- end -}}
 
 {{/* The API's address as seen from inside the pod: the loopback of the bind's family
-for a wildcard bind, else the bind address itself. */}}
+for a wildcard bind, else the bind address itself. An IPv6 bind may be given with or
+without brackets (`::`, `[::]`). */}}
 {{- define "rallypoint.localHttpAddr" -}}
-{{- $bind := toString .Values.rallypoint.httpBind -}}
+{{- $bind := toString .Values.rallypoint.httpBind | trimPrefix "[" | trimSuffix "]" -}}
 {{- if eq $bind "0.0.0.0" -}}
 {{- include "rallypoint.addr" (list "127.0.0.1" .Values.rallypoint.httpPort) -}}
-{{- else if eq $bind "::" -}}
+{{- else if has $bind (list "::" "0:0:0:0:0:0:0:0") -}}
 {{- include "rallypoint.addr" (list "::1" .Values.rallypoint.httpPort) -}}
 {{- else -}}
 {{- include "rallypoint.addr" (list $bind .Values.rallypoint.httpPort) -}}
