@@ -138,3 +138,91 @@ impl Departed {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty() -> Departed {
+        Departed {
+            entries: Mutex::default(),
+            applied: watch::Sender::new(0),
+        }
+    }
+
+    fn node(i: u32) -> Node {
+        Node {
+            name: format!("n{i:03}@127.0.0.1").parse().expect("name"),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 40_000 + i as u16)),
+            incarnation: u64::from(i),
+        }
+    }
+
+    #[test]
+    fn lists_status_and_reason_hides_those_up_again_and_expires_after_the_retention() {
+        let d = empty();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        d.record(node(1), Some(DownReason::Left), t0);
+        d.record(node(2), Some(DownReason::HeartbeatTimeout), t0);
+        d.record(node(3), None, t0 + Duration::from_secs(10));
+        let listed = d.list(t0 + Duration::from_secs(60), &BTreeSet::new());
+        let rows: Vec<(String, api::Status, Option<String>)> = listed
+            .iter()
+            .map(|r| (r.node.name.clone(), r.status, r.reason.clone()))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (
+                    "n001@127.0.0.1".into(),
+                    api::Status::Left,
+                    Some("left".into())
+                ),
+                (
+                    "n002@127.0.0.1".into(),
+                    api::Status::Down,
+                    Some("heartbeat_timeout".into())
+                ),
+                ("n003@127.0.0.1".into(), api::Status::Down, None),
+            ]
+        );
+        // A name that is up again is not listed (whatever the list still holds).
+        let up_name = node(2).name;
+        let up = BTreeSet::from([&up_name]);
+        let names: Vec<String> = d
+            .list(t0 + Duration::from_secs(60), &up)
+            .into_iter()
+            .map(|r| r.node.name)
+            .collect();
+        assert_eq!(names, ["n001@127.0.0.1", "n003@127.0.0.1"]);
+        // An hour after: the first two expire, the third (10 s younger) stays.
+        let names: Vec<String> = d
+            .list(t0 + RETENTION + Duration::from_secs(5), &BTreeSet::new())
+            .into_iter()
+            .map(|r| r.node.name)
+            .collect();
+        assert_eq!(names, ["n003@127.0.0.1"]);
+    }
+
+    #[test]
+    fn holds_at_most_the_capacity_dropping_the_oldest_first() {
+        let d = empty();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let n = CAPACITY as u32 + 10;
+        // Recorded newest first, so the order of names is not the order of age.
+        for i in 0..n {
+            d.record(node(i), None, t0 + Duration::from_secs(u64::from(n - i)));
+        }
+        let names: BTreeSet<String> = d
+            .list(t0 + Duration::from_secs(u64::from(n) + 1), &BTreeSet::new())
+            .into_iter()
+            .map(|r| r.node.name)
+            .collect();
+        assert_eq!(names.len(), CAPACITY);
+        // The ten oldest are the ten last recorded.
+        for i in (n - 10)..n {
+            assert!(!names.contains(&node(i).name.to_string()), "n{i} kept");
+        }
+        assert!(names.contains(&node(0).name.to_string()));
+    }
+}

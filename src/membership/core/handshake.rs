@@ -382,10 +382,10 @@ impl Core {
         self.count_failure(reason.as_str());
         self.log_refusal(now, target, reason, || {
             format!(
-                "refused peer {}{}: {} ({detail}){}",
+                "refused {}{}: {} ({detail}){}",
                 peer.as_ref()
-                    .map(|p| p.name.to_string())
-                    .unwrap_or_else(|| "?".into()),
+                    .map(|p| format!("peer {}", p.name))
+                    .unwrap_or_else(|| "a peer".into()),
                 remote.map(|r| format!(" from {r}")).unwrap_or_default(),
                 reason.as_str(),
                 if detail.contains("--name") {
