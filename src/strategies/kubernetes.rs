@@ -563,17 +563,14 @@ impl Runner {
         let mut stream = watcher(api.clone(), wc).boxed();
         let rules = Rules::new(&self.config, ctx, &conn.namespace);
         let resync_at = tokio::time::Instant::now() + self.config.resync_interval;
-        // Peers per object name, as of the last complete list plus the changes since.
-        let mut current: Option<BTreeMap<String, Vec<Peer>>> = None;
-        // The list in progress.
-        let mut listing: Option<BTreeMap<String, Vec<Peer>>> = None;
-        // True until the first complete list: until then each step is a list request,
-        // bounded by request_timeout; after it, a quiet watch may be silent for long.
-        let mut initial = true;
+        let mut objects = Objects::default();
         // After a failure of the watch (not of a list) and once the server answers again:
         // until when the resumed watch must stay free of errors to count as healthy.
         let mut settle: Option<tokio::time::Instant> = None;
         loop {
+            // Until the first complete list each step is a list request, bounded by
+            // request_timeout; after it, a quiet watch may be silent for long.
+            let initial = !objects.listed();
             let next = async {
                 if initial {
                     tokio::time::timeout(self.config.request_timeout, stream.next()).await
@@ -593,7 +590,7 @@ impl Runner {
                     // The resumed watch settled without an error: healthy again.
                     settle = None;
                     self.backoff.reset();
-                    ctx.report(union(current.as_ref()));
+                    ctx.report(objects.peers());
                     continue;
                 }
                 Err(_) => {
@@ -642,51 +639,35 @@ impl Runner {
             if settle.take().is_some() {
                 // The watch is back: whatever it brings, the set is current again.
                 self.backoff.reset();
-                ctx.report(union(current.as_ref()));
+                ctx.report(objects.peers());
             }
-            match event {
+            let change = match event {
                 watcher::Event::Init => {
                     ctx.count("lists", 1);
-                    listing = Some(BTreeMap::new());
+                    Change::Init
                 }
                 watcher::Event::InitApply(obj) => {
                     let (name, peers) = self.peers_of(ctx, &rules, &obj);
-                    listing
-                        .get_or_insert_with(BTreeMap::new)
-                        .insert(name, peers);
+                    Change::InitApply(name, peers)
                 }
                 watcher::Event::InitDone => {
-                    initial = false;
-                    current = Some(listing.take().unwrap_or_default());
                     self.backoff.reset();
-                    ctx.report(union(current.as_ref()));
+                    Change::InitDone
                 }
                 watcher::Event::Apply(obj) => {
                     ctx.count("events", 1);
                     self.expired_in_a_row = 0;
                     let (name, peers) = self.peers_of(ctx, &rules, &obj);
-                    let Some(cur) = current.as_mut() else {
-                        continue;
-                    };
-                    if cur.get(&name) != Some(&peers) {
-                        let before = union(Some(cur));
-                        cur.insert(name, peers);
-                        let after = union(Some(cur));
-                        if after != before {
-                            ctx.report(after);
-                        }
-                    }
+                    Change::Apply(name, peers)
                 }
                 watcher::Event::Delete(obj) => {
                     ctx.count("events", 1);
                     self.expired_in_a_row = 0;
-                    let Some(cur) = current.as_mut() else {
-                        continue;
-                    };
-                    if cur.remove(&obj.name_any()).is_some() {
-                        ctx.report(union(Some(cur)));
-                    }
+                    Change::Delete(obj.name_any())
                 }
+            };
+            if let Some(peers) = objects.apply(change) {
+                ctx.report(peers);
             }
         }
     }
@@ -825,14 +806,84 @@ fn resumable(e: &watcher::Error) -> bool {
     }
 }
 
-/// The union of the peers of all objects.
-fn union(objects: Option<&BTreeMap<String, Vec<Peer>>>) -> PeerSet {
-    objects
-        .into_iter()
-        .flat_map(|m| m.values())
-        .flatten()
-        .cloned()
-        .collect()
+/// A watch event with the peers of its object already worked out: what [`Objects`]
+/// applies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Change {
+    /// A (re)list starts.
+    Init,
+    /// An object of the list in progress, by name, with its peers.
+    InitApply(String, Vec<Peer>),
+    /// The list is complete.
+    InitDone,
+    /// An object added or changed after the list.
+    Apply(String, Vec<Peer>),
+    /// An object deleted after the list.
+    Delete(String),
+}
+
+/// The session's objects, as a pure state machine (no I/O, no clock): the peers per
+/// object as of the last complete list plus the changes since, and the list in
+/// progress. [`apply`](Objects::apply) answers the set to report, when one is due.
+#[derive(Debug, Default)]
+struct Objects {
+    /// Peers per object name; `None` until a list has completed.
+    current: Option<BTreeMap<String, Vec<Peer>>>,
+    /// The list in progress.
+    listing: Option<BTreeMap<String, Vec<Peer>>>,
+}
+
+impl Objects {
+    /// Whether a list has completed (changes count from then on).
+    fn listed(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// The union of the peers of all objects (empty before the first list).
+    fn peers(&self) -> PeerSet {
+        self.current
+            .iter()
+            .flat_map(|m| m.values())
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    /// Applies one change; the set to report, if one is due: at each complete list
+    /// (even unchanged, as a sign of health), and after it when the union changes. A
+    /// change before the first list completes is ignored (the list brings it).
+    fn apply(&mut self, change: Change) -> Option<PeerSet> {
+        match change {
+            Change::Init => {
+                self.listing = Some(BTreeMap::new());
+                None
+            }
+            Change::InitApply(name, peers) => {
+                self.listing
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(name, peers);
+                None
+            }
+            Change::InitDone => {
+                self.current = Some(self.listing.take().unwrap_or_default());
+                Some(self.peers())
+            }
+            Change::Apply(name, peers) => {
+                let cur = self.current.as_mut()?;
+                if cur.get(&name) == Some(&peers) {
+                    return None;
+                }
+                let before = self.peers();
+                self.current.as_mut()?.insert(name, peers);
+                let after = self.peers();
+                (after != before).then_some(after)
+            }
+            Change::Delete(name) => {
+                self.current.as_mut()?.remove(&name)?;
+                Some(self.peers())
+            }
+        }
+    }
 }
 
 /// An error and its sources, `a: b: c`.
@@ -853,6 +904,71 @@ fn chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn peer(ip: &str) -> Peer {
+        Peer::new(format!("{ip}:45893").parse().expect("addr"))
+    }
+
+    fn set(ips: &[&str]) -> PeerSet {
+        ips.iter().map(|ip| peer(ip)).collect()
+    }
+
+    #[test]
+    fn objects_report_each_complete_list_and_each_change_of_the_union() {
+        let mut o = Objects::default();
+        // Before the first list completes: nothing to report, changes ignored.
+        assert!(!o.listed());
+        assert_eq!(
+            o.apply(Change::Apply("early".into(), vec![peer("10.0.0.9")])),
+            None
+        );
+        assert_eq!(o.apply(Change::Init), None);
+        assert_eq!(
+            o.apply(Change::InitApply(
+                "s1".into(),
+                vec![peer("10.0.0.1"), peer("10.0.0.2")]
+            )),
+            None
+        );
+        assert_eq!(
+            o.apply(Change::InitApply("s2".into(), vec![peer("10.0.0.2")])),
+            None
+        );
+        assert_eq!(
+            o.apply(Change::InitDone),
+            Some(set(&["10.0.0.1", "10.0.0.2"])),
+            "the list, without the change that came before it"
+        );
+        assert!(o.listed());
+        // The same object again: nothing. A change that leaves the union as it was
+        // (10.0.0.2 is still in s1): nothing. A real change: the new union.
+        assert_eq!(
+            o.apply(Change::Apply("s2".into(), vec![peer("10.0.0.2")])),
+            None
+        );
+        assert_eq!(o.apply(Change::Apply("s2".into(), vec![])), None);
+        assert_eq!(
+            o.apply(Change::Apply("s3".into(), vec![peer("10.0.0.3")])),
+            Some(set(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]))
+        );
+        // A delete of an unknown object: nothing; of a known one: the union without it.
+        assert_eq!(o.apply(Change::Delete("nope".into())), None);
+        assert_eq!(
+            o.apply(Change::Delete("s1".into())),
+            Some(set(&["10.0.0.3"]))
+        );
+        // A relist replaces everything, and an unchanged list is still reported.
+        assert_eq!(o.apply(Change::Init), None);
+        assert_eq!(
+            o.apply(Change::InitApply("s3".into(), vec![peer("10.0.0.3")])),
+            None
+        );
+        assert_eq!(o.apply(Change::InitDone), Some(set(&["10.0.0.3"])));
+        // An empty list is a report too (of no peers).
+        assert_eq!(o.apply(Change::Init), None);
+        assert_eq!(o.apply(Change::InitDone), Some(PeerSet::new()));
+        assert_eq!(o.peers(), PeerSet::new());
+    }
 
     #[test]
     fn config_defaults_and_validation() {
