@@ -119,6 +119,37 @@ async fn http_api_serves_health_members_and_an_event_stream() {
     let snap: api::Members = serde_json::from_str(&first.data).unwrap();
     assert_eq!(snap, m);
 
+    // With ?topologies=true, the same snapshot first, then topology health: the body
+    // of /v1/topologies.
+    let mut events = client::EventStream::connect(addr, "/v1/events?topologies=true", None)
+        .await
+        .expect("event stream with topologies");
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("an event in time")
+            .expect("stream ok")
+            .expect("an event")
+    };
+    let snapshot = next().await;
+    assert_eq!(snapshot.event, "snapshot");
+    let health = next().await;
+    assert_eq!(health.event, "topologies");
+    // It has no id of its own: the last event id stays the snapshot's (as SSE keeps
+    // it), so a client resuming from here resumes from the membership's position.
+    assert_eq!(health.id, snapshot.id);
+    let body: api::Topologies = serde_json::from_str(&health.data).expect("a Topologies body");
+    let polled: api::Topologies =
+        serde_json::from_str(&client::get(addr, "/v1/topologies").await.unwrap()).unwrap();
+    let names = |t: &api::Topologies| {
+        t.topologies
+            .iter()
+            .map(|t| t.name.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&body), names(&polled));
+    assert_eq!(names(&body), ["peers"]);
+
     // Unknown paths are 404.
     match client::get(addr, "/v2/nothing").await {
         Err(client::ClientError::Status { status: 404, .. }) => {}

@@ -6,9 +6,8 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /v1/members` | `{"self": NODE, "members": [NODE…], "departed": [DEPARTED…]}` ([`api::Members`]) |
-//! | `GET /v1/events` | Server-Sent Events (see [`super::sse`]) |
+//! | `GET /v1/events` | Server-Sent Events (see [`super::sse`]); with `?topologies=true`, topology health too ([`super::topologies`]) |
 //! | `GET /v1/topologies` | each topology's strategy, candidates and health ([`api::Topologies`]) |
-//! | `GET /v1/topologies/stream` | the same body as Server-Sent Events, at once and on each change (see [`super::topology_stream`]) |
 //! | `GET /metrics` | the counters in the Prometheus text format (see [`super::metrics`]) |
 //! | `GET /healthz` | `200 ok` while the daemon runs |
 //! | `GET /readyz` | `200` once at least `min_members` peers are up, else `503` ([`api::Ready`]) |
@@ -24,7 +23,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Extension, Request, State};
+use axum::extract::{Extension, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -36,7 +35,7 @@ use super::departed::Departed;
 use super::host::AllowedHosts;
 use super::metrics::HttpStats;
 use super::serve::ConnInfo;
-use super::{api, metrics, sse, topology_stream};
+use super::{api, metrics, sse, topologies};
 use crate::Cluster;
 
 /// What the handlers share.
@@ -71,7 +70,6 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/members", get(members))
         .route("/v1/events", get(events))
         .route("/v1/topologies", get(topologies))
-        .route("/v1/topologies/stream", get(topologies_stream))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let by_host = Router::new()
@@ -163,9 +161,18 @@ async fn members(State(s): State<AppState>) -> Json<api::Members> {
     Json(body)
 }
 
+/// The query of `GET /v1/events`.
+#[derive(Debug, Default, serde::Deserialize)]
+struct EventsQuery {
+    /// Interleave `topologies` events (see [`topologies`]).
+    #[serde(default)]
+    topologies: bool,
+}
+
 async fn events(
     State(s): State<AppState>,
     conn: Option<Extension<ConnInfo>>,
+    Query(query): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> impl IntoResponse {
     let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
@@ -174,7 +181,18 @@ async fn events(
         conn: conn.map(|Extension(c)| c),
         stats: s.http_stats.clone(),
     };
-    sse::events(&s.cluster, &s.history, last, s.stop.child_token(), backlog).await
+    let follow = query
+        .topologies
+        .then(|| topologies::Follow::new(&s.cluster));
+    sse::events(
+        &s.cluster,
+        &s.history,
+        last,
+        s.stop.child_token(),
+        backlog,
+        follow,
+    )
+    .await
 }
 
 /// The status page: static, no data (the script fetches it).
@@ -245,13 +263,9 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 
 async fn topologies(State(s): State<AppState>) -> Json<api::Topologies> {
     let statuses = s.cluster.topologies();
-    Json(topology_stream::body(
+    Json(topologies::body(
         statuses.iter().map(|(n, st)| (n.as_str(), st)),
     ))
-}
-
-async fn topologies_stream(State(s): State<AppState>) -> impl IntoResponse {
-    topology_stream::stream(&s.cluster, s.stop.child_token())
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

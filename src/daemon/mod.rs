@@ -47,7 +47,7 @@ pub mod rlimit;
 pub mod serve;
 pub mod sse;
 pub mod timeouts;
-pub mod topology_stream;
+pub mod topologies;
 
 /// The longest the daemon waits for the cluster to leave gracefully on shutdown.
 pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);

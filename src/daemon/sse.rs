@@ -15,6 +15,9 @@
 //! in order, until a resync, which brings its own sequence number). Between events the
 //! server sends keep-alive comments. The stream ends when the daemon shuts down.
 //!
+//! With `?topologies=true` the stream also carries `topologies` events (topology
+//! health, see [`super::topologies`]), without ids, in the same backlog.
+//!
 //! A client that reconnects with `Last-Event-ID: N` gets the events after `N` instead of
 //! a snapshot, when the daemon still holds them all: [`History`] keeps the latest events
 //! (`event_history`, default 1024). Otherwise (`N` too old, unknown, or not a number) it
@@ -43,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 use super::api;
 use super::metrics::{Closed, HttpStats};
 use super::serve::ConnInfo;
+use super::topologies::{self, Follow};
 use crate::Cluster;
 use crate::events::{Event, Snapshot, Subscription, Update};
 
@@ -211,6 +215,8 @@ struct Pump {
     /// Bytes queued and not yet taken by the response body.
     queued: Arc<AtomicUsize>,
     backlog: Backlog,
+    /// With `?topologies=true`: the topology health to interleave.
+    topologies: Option<Follow>,
 }
 
 /// Why the pump stopped queueing.
@@ -249,6 +255,13 @@ impl Pump {
     fn push_rendered(&self, r: &Rendered, seq: u64) -> Result<(), Stopped> {
         let id = seq + self.offset;
         self.push(r.to_sse(id), wire_size(r.event, id, &r.data))
+    }
+
+    /// Queues a `topologies` event (no id: see [`super::topologies`]).
+    fn push_topologies(&self, data: String) -> Result<(), Stopped> {
+        let size = id_less_wire_size(topologies::EVENT, &data);
+        let event = SseEvent::default().event(topologies::EVENT).data(data);
+        self.push(event, size)
     }
 
     fn push_snapshot(&self, snapshot: &Snapshot) -> Result<(), Stopped> {
@@ -292,6 +305,13 @@ impl Pump {
             let update = tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
                 _ = self.tx.closed() => return Err(Stopped::Gone),
+                data = next_topologies(&mut self.topologies) => {
+                    match data {
+                        Some(data) => self.push_topologies(data)?,
+                        None => return Err(Stopped::Gone),
+                    }
+                    continue;
+                }
                 u = self.sub.recv() => match u {
                     Some(u) => u,
                     None => return Ok(()),
@@ -321,6 +341,21 @@ impl Pump {
     }
 }
 
+/// The size of an event without an id as the stream writes it:
+/// `event: NAME\ndata: DATA\n\n` (the data is JSON, one line).
+fn id_less_wire_size(event: &str, data: &str) -> usize {
+    "event: \ndata: \n\n".len() + event.len() + data.len()
+}
+
+/// The next topologies event's data of a pump that follows them; never, for one that
+/// does not.
+async fn next_topologies(follow: &mut Option<Follow>) -> Option<String> {
+    match follow {
+        Some(f) => f.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The size of an event as the stream writes it:
 /// `event: NAME\nid: ID\ndata: DATA\n\n` (the data is JSON, one line).
 fn wire_size(event: &str, id: u64, data: &str) -> usize {
@@ -342,6 +377,7 @@ pub async fn events(
     last_event_id: Option<&str>,
     stop: CancellationToken,
     backlog: Backlog,
+    topologies: Option<Follow>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, axum::Error>> + use<>> {
     let sub = cluster.subscribe();
     let now = sub.snapshot().seq;
@@ -379,6 +415,7 @@ pub async fn events(
         tx,
         queued: queued.clone(),
         backlog,
+        topologies,
     };
     tokio::spawn(pump.run(seq, replay, stop));
     let stream = futures::stream::unfold((rx, queued), |(mut rx, queued)| async move {
@@ -438,5 +475,11 @@ mod tests {
                 "id {id}"
             );
         }
+        let data = r#"{"topologies":[{"name":"peers","strategy":"static"}]}"#;
+        let event = SseEvent::default().event(topologies::EVENT).data(data);
+        assert_eq!(
+            written(event).await,
+            id_less_wire_size(topologies::EVENT, data)
+        );
     }
 }

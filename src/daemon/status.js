@@ -1,9 +1,9 @@
-// The status page's script: follows /v1/events (members) and /v1/topologies/stream
-// (topology health), both Server-Sent Events; it polls nothing.
+// The status page's script: follows /v1/events?topologies=true, one stream of
+// Server-Sent Events for the members and topology health; it polls nothing.
 //
-// The streams are read with fetch rather than EventSource so that a bearer token
+// The stream is read with fetch rather than EventSource so that a bearer token
 // (http_token) can be sent; the SSE framing is parsed here, and a broken stream is
-// reopened (the event stream resumed with Last-Event-ID), as EventSource would.
+// resumed with Last-Event-ID, as EventSource would.
 "use strict";
 
 const MAX_EVENTS = 50;
@@ -148,10 +148,11 @@ function parseBlock(block) {
   return { kind, id, body };
 }
 
-function onMembershipEvent(kind, body) {
+function onEvent(kind, body) {
   if (kind === "snapshot") onSnapshot(body);
   else if (kind === "nodeup") onNodeUp(body);
   else if (kind === "nodedown") onNodeDown(body);
+  else if (kind === "topologies") renderTopologies(body);
 }
 
 function setConn(live, text) {
@@ -165,7 +166,7 @@ function askToken() {
   document.getElementById("auth").style.display = "block";
 }
 
-// Follows the SSE stream at `path` for ever: each event with data goes to
+// Follows the SSE stream at `path` until a 401: each event with data goes to
 // onEvent(kind, body); onState(live) hears when the stream opens and when it breaks.
 // The last id seen is sent back as Last-Event-ID when it reopens.
 async function follow(path, onEvent, onState) {
@@ -203,8 +204,7 @@ async function follow(path, onEvent, onState) {
   }
 }
 
-function renderTopologies(kind, body) {
-  if (kind !== "topologies") return;
+function renderTopologies(body) {
   const tbody = document.querySelector("#topologies tbody");
   tbody.replaceChildren();
   if (body.topologies.length === 0) emptyRow(tbody, 6, "no topologies");
@@ -232,9 +232,8 @@ document.getElementById("auth").addEventListener("submit", (ev) => {
 });
 
 function start() {
-  follow("v1/events", onMembershipEvent, (live) =>
+  follow("v1/events?topologies=true", onEvent, (live) =>
     setConn(live, live ? "live" : "reconnecting"));
-  follow("v1/topologies/stream", renderTopologies, () => {});
 }
 
 renderMembers();
