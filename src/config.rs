@@ -19,7 +19,8 @@
 //! keys, which are handed to that strategy's `Config` (for `strategy = "static"`,
 //! [`static_hosts::Config`]). To add a strategy: a variant of
 //! [`StrategyConfig`], an arm in `StrategyConfig::from_table`, and the compiler points
-//! to the one other place (starting it, [`Topology::add_to`]).
+//! to the other places (its name, `StrategyConfig::kind`; starting it,
+//! [`Topology::add_to`]).
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -32,23 +32,34 @@ fn layer(module: &str) -> Option<u32> {
     LAYERS.iter().find(|(m, _)| *m == module).map(|(_, l)| *l)
 }
 
-/// The root re-exports of `src/lib.rs` (`pub use module::{A, B}`): a path `crate::A` is a
-/// use of `module`.
+/// The root re-exports of `src/lib.rs` (`pub use module::{A, B};`, over several lines
+/// too, `pub use crate::module::A as B;` as well): a path `crate::A` is a use of
+/// `module`.
 fn reexports(lib: &str) -> BTreeMap<String, String> {
+    let code: String = code_lines(lib).collect::<Vec<_>>().join("\n");
     let mut map = BTreeMap::new();
-    for line in code_lines(lib) {
-        let Some(rest) = line.trim().strip_prefix("pub use ") else {
+    for statement in code.split(';') {
+        let statement = statement.trim();
+        let Some(rest) = statement
+            .strip_prefix("pub use ")
+            .or_else(|| statement.strip_prefix("pub(crate) use "))
+        else {
             continue;
         };
-        let rest = rest.trim_end_matches(';');
+        let rest = rest
+            .trim()
+            .trim_start_matches("crate::")
+            .trim_start_matches("self::");
         let Some((module, names)) = rest.split_once("::") else {
             continue;
         };
-        let names = names.trim_start_matches('{').trim_end_matches('}');
+        let names = names.trim().trim_start_matches('{').trim_end_matches('}');
         for name in names.split(',') {
-            let name = name.trim();
+            // `A as B` exports `B`; `a::B` exports `B`.
+            let name = name.split(" as ").last().unwrap_or_default().trim();
+            let name = name.rsplit("::").next().unwrap_or_default().trim();
             if !name.is_empty() {
-                map.insert(name.to_owned(), module.to_owned());
+                map.insert(name.to_owned(), module.trim().to_owned());
             }
         }
     }
@@ -160,7 +171,25 @@ fn violations(src: &Path) -> Vec<String> {
             continue;
         };
         let text = std::fs::read_to_string(&file).expect("read");
-        for (line, name) in crate_paths(&text) {
+        // In a top-level module's own file (`src/m.rs`, `src/m/mod.rs`), `super::` is
+        // the crate root: `super::daemon` is `crate::daemon`. (Deeper files' `super::`
+        // stays inside their module; no file of src/ climbs two levels.)
+        let root_file = file.parent() == Some(src)
+            || (file.file_name().is_some_and(|n| n == "mod.rs")
+                && file.parent().and_then(Path::parent) == Some(src));
+        let mut paths = crate_paths(&text);
+        if root_file {
+            paths.extend(
+                crate_paths(
+                    &text
+                        .replace("crate::", "krate::")
+                        .replace("super::", "crate::"),
+                )
+                .into_iter()
+                .filter(|(_, n)| layer(n).is_some() || reexports.contains_key(n)),
+            );
+        }
+        for (line, name) in paths {
             let used = reexports.get(&name).cloned().unwrap_or(name);
             if used == module {
                 continue;
@@ -197,7 +226,11 @@ fn no_module_of_src_uses_one_above_it() {
 fn the_check_sees_an_upward_use_a_reexport_and_skips_comments() {
     let dir = tempfile::tempdir().expect("tempdir");
     let src = dir.path();
-    std::fs::write(src.join("lib.rs"), "pub use cluster::{Builder, Cluster};\n").expect("lib");
+    std::fs::write(
+        src.join("lib.rs"),
+        "pub use cluster::{\n    Builder,\n    Cluster,\n};\npub use daemon::Api as Http;\n",
+    )
+    .expect("lib");
     std::fs::create_dir(src.join("membership")).expect("dir");
     std::fs::write(
         src.join("membership/core.rs"),
@@ -210,10 +243,16 @@ fn the_check_sees_an_upward_use_a_reexport_and_skips_comments() {
     )
     .expect("core");
     std::fs::write(src.join("node.rs"), "use crate::events::Event;\n").expect("node");
+    std::fs::write(
+        src.join("pubsub.rs"),
+        "use super::Http;\nmod tests {\n    use super::*;\n}\n",
+    )
+    .expect("pubsub");
     let found = violations(src);
-    assert_eq!(found.len(), 4, "{found:#?}");
+    assert_eq!(found.len(), 5, "{found:#?}");
     assert!(found[0].ends_with("core.rs:3: `membership` (layer 2) uses `strategies` (layer 2)"));
     assert!(found[1].ends_with("core.rs:4: `membership` (layer 2) uses `cluster` (layer 3)"));
     assert!(found[2].ends_with("core.rs:6: `membership` (layer 2) uses `daemon` (layer 5)"));
     assert!(found[3].ends_with("node.rs:1: `node` (layer 0) uses `events` (layer 1)"));
+    assert!(found[4].ends_with("pubsub.rs:1: `pubsub` (layer 1) uses `daemon` (layer 5)"));
 }

@@ -380,7 +380,8 @@ impl Core {
         }
         let old = std::mem::replace(&mut self.topologies[topology].peers, peers.clone());
         if Arc::ptr_eq(&old, &peers) || *old == *peers {
-            // The same set (a strategy's counters changed): only what is due.
+            // The same set again (a strategy's set came back to the one held): only
+            // what is due.
             self.dial_due(now);
             return;
         }
