@@ -286,3 +286,55 @@ impl Context {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    #[test]
+    fn the_candidates_channel_changes_with_the_set_only() {
+        let me = Node {
+            name: "me@127.0.0.1".parse().expect("name"),
+            addr: "127.0.0.1:1".parse().expect("addr"),
+            incarnation: 1,
+        };
+        let (ctx, mut h) = Context::new("t", "test", me, Cookie::new("a-cookie-of-16-bytes"));
+        assert_eq!(
+            *h.candidates.borrow_and_update(),
+            None,
+            "nothing before a report"
+        );
+        let a: SocketAddr = "127.0.0.1:2".parse().expect("addr");
+        let b: SocketAddr = "127.0.0.1:3".parse().expect("addr");
+
+        // The first report, even of no peers, is a set.
+        ctx.report(PeerSet::new());
+        assert!(h.candidates.has_changed().expect("open"));
+        assert_eq!(
+            h.candidates.borrow_and_update().as_deref(),
+            Some(&PeerSet::new())
+        );
+
+        // Counters, failures and the same set again change the status, not the set.
+        ctx.count("packets", 3);
+        ctx.failing(&"down");
+        ctx.report(PeerSet::new());
+        assert!(h.status.has_changed().expect("open"));
+        assert!(!h.candidates.has_changed().expect("open"));
+
+        // A new set, reported whole or degraded, is sent.
+        ctx.report_degraded(PeerSet::from([Peer::new(a)]));
+        assert!(h.candidates.has_changed().expect("open"));
+        assert_eq!(
+            h.candidates.borrow_and_update().as_deref(),
+            Some(&PeerSet::from([Peer::new(a)]))
+        );
+        ctx.report(PeerSet::from([Peer::new(a), Peer::new(b)]));
+        assert_eq!(
+            h.candidates.borrow_and_update().as_deref().map(|s| s.len()),
+            Some(2)
+        );
+    }
+}
