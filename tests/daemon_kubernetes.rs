@@ -72,13 +72,10 @@ async fn daemons_cluster_through_the_kubernetes_api_and_scaling_down_prunes_one(
     wb.wait_members(&["app@127.0.0.2", "app@127.0.0.4"], WITHIN)
         .await;
 
-    // Scale down: the third pod is terminating while its process still runs.
-    api.modify(Kind::EndpointSlice, NS, "app-x1", |o| {
-        o["endpoints"][2]["conditions"] =
-            json!({"ready": false, "serving": true, "terminating": true});
-    });
     // Pruning applies to peers an authoritative topology has listed: wait until both
-    // watchers have listed the third pod (it may have dialled in before that).
+    // watchers have listed the third pod (it may have dialled in before that), before
+    // it turns terminating (a watcher whose first list came after that would never
+    // list it, and rightly never prune it).
     for d in [&a, &b] {
         d.wait_log("the k8s topology lists app@127.0.0.4", WITHIN, |l| {
             l.contains("candidate peers changed")
@@ -87,6 +84,11 @@ async fn daemons_cluster_through_the_kubernetes_api_and_scaling_down_prunes_one(
         })
         .await;
     }
+    // Scale down: the third pod is terminating while its process still runs.
+    api.modify(Kind::EndpointSlice, NS, "app-x1", |o| {
+        o["endpoints"][2]["conditions"] =
+            json!({"ready": false, "serving": true, "terminating": true});
+    });
     for w in [&mut wa, &mut wb] {
         let (node, reason) = w.wait_down("app@127.0.0.4", WITHIN).await;
         assert_eq!(node.name, "app@127.0.0.4");
