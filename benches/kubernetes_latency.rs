@@ -124,16 +124,23 @@ async fn node(ip: &str, port: u16, kubeconfig: std::path::PathBuf, selector: &st
         .expect("start")
 }
 
-/// API change → `NodeUp`, `runs` times: node b is added to a's Service, a dials b; then b
-/// is removed (pruned) before the next run. b's own strategy watches another Service, so
-/// only a's discovery makes the connection.
-async fn nodeup(runs: usize) -> Vec<Duration> {
+/// The API stand-in, the directory holding its kubeconfig (kept while it lives), that
+/// kubeconfig, and a cluster port free on 127.0.0.2 for the nodes.
+async fn api_and_port() -> (KubeApi, tempfile::TempDir, std::path::PathBuf, u16) {
     let api = KubeApi::start(TOKEN).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = api.kubeconfig(dir.path(), TOKEN, NS);
     let probe = std::net::TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
     let port = probe.local_addr().expect("addr").port();
     drop(probe);
+    (api, dir, kubeconfig, port)
+}
+
+/// API change → `NodeUp`, `runs` times: node b is added to a's Service, a dials b; then b
+/// is removed (pruned) before the next run. b's own strategy watches another Service, so
+/// only a's discovery makes the connection.
+async fn nodeup(runs: usize) -> Vec<Duration> {
+    let (api, _dir, kubeconfig, port) = api_and_port().await;
     api.apply(endpoint_slice(
         NS,
         "app-1",
@@ -166,22 +173,22 @@ async fn nodeup(runs: usize) -> Vec<Duration> {
                 {"addresses": ["127.0.0.2"], "conditions": {"ready": true}}
             ]);
         });
-        loop {
-            match events.recv().await.expect("events") {
-                Update::Event(Event::NodeUp(n)) if n.name == b.local().name => break,
-                _ => continue,
-            }
-        }
+        let bn = b.local().name.clone();
+        next_event(
+            &mut events,
+            |e| matches!(e, Event::NodeUp(n) if n.name == bn),
+        )
+        .await;
         took.push(t0.elapsed());
         api.modify(Kind::EndpointSlice, NS, "app-1", |o| {
             o["endpoints"] = json!([{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]);
         });
-        loop {
-            match events.recv().await.expect("events") {
-                Update::Event(Event::NodeDown { node, .. }) if node.name == b.local().name => break,
-                _ => continue,
-            }
-        }
+        let bn = b.local().name.clone();
+        next_event(
+            &mut events,
+            |e| matches!(e, Event::NodeDown { node, .. } if node.name == bn),
+        )
+        .await;
     }
     a.shutdown().await;
     b.shutdown().await;
@@ -207,12 +214,7 @@ async fn next_event(events: &mut rallypoint::Subscription, pick: impl Fn(&Event)
 /// again, and the time to `NodeUp` on a (of b) and on b (of a), the later of the two, is
 /// the figure.
 async fn rejoin(runs: usize) -> Vec<Duration> {
-    let api = KubeApi::start(TOKEN).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = api.kubeconfig(dir.path(), TOKEN, NS);
-    let probe = std::net::TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
-    let port = probe.local_addr().expect("addr").port();
-    drop(probe);
+    let (api, _dir, kubeconfig, port) = api_and_port().await;
     let ep = |ip: &str, ready: bool| {
         json!({"addresses": [ip], "conditions":
             {"ready": ready, "serving": true, "terminating": !ready}})
